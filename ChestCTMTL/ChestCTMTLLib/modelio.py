@@ -1,0 +1,276 @@
+"""A model is a folder: ``model.safetensors`` (weights) + ``model.json`` (its card).
+
+The card carries everything needed to rebuild and trust the network without the training
+code: the architecture (:class:`~.model.ModelConfig`), the input representation, classes,
+lesion types, training data, metrics, limits, version, id and the SHA-256 of the weights.
+Loading refuses anything that does not add up (missing file, checksum mismatch, card that does
+not describe the weights), because silently running the wrong network on a patient scan is
+worse than failing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import __version__
+from .model import ModelConfig, MultiTaskNet
+from .representation import Representation
+from .results import ModelIdentity
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model.json"
+REGISTRY_FILE = "models.json"
+CARD_FORMAT = "chestctmtl-model/1"
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder is missing, corrupt, or its card does not match its weights."""
+
+
+@dataclass
+class LoadedModel:
+    model: MultiTaskNet
+    config: ModelConfig
+    card: dict
+    identity: ModelIdentity
+    representation: Representation
+    folder: Path
+    device: str = "cpu"
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_replace_dir(tmp: Path, folder: Path) -> None:
+    """Swap ``tmp`` in as ``folder`` (replacing an old one) so readers never see a half model."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(folder.name + ".old-" + uuid.uuid4().hex[:8])
+        os.replace(folder, old)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        if old is not None:
+            os.replace(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_folder(model: MultiTaskNet, config: Optional[ModelConfig] = None,
+                      card: Optional[dict] = None, folder=None,
+                      representation: Optional[Representation] = None) -> Path:
+    """Write weights + card into ``folder`` atomically; returns the folder.
+
+    ``card`` holds the descriptive fields (id, version, training_data, metrics, limits,
+    intended_use, representation ...); architecture, classes, lesion types, checksum and
+    format are filled in here from the model itself so they cannot disagree.
+    """
+    from safetensors.torch import save_file
+
+    if folder is None:
+        raise ValueError("folder is required")
+    config = config or model.config
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    card = dict(card or {})
+    rep = representation or Representation.from_dict(card.get("representation"))
+    if rep.input_size != config.input_size:
+        raise ValueError("representation input_size %d != architecture input_size %d"
+                         % (rep.input_size, config.input_size))
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = Path(tempfile.mkdtemp(prefix="." + folder.name + ".tmp-", dir=str(folder.parent)))
+    try:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        digest = sha256_file(tmp / WEIGHTS_FILE)
+        card.setdefault("id", folder.name)
+        card.setdefault("version", __version__)
+        card.update({
+            "format": CARD_FORMAT,
+            "architecture": config.to_dict(),
+            "representation": rep.to_dict(),
+            "classes": list(config.class_names),
+            "lesion_types": list(config.lesion_types),
+            "tasks": list(config.tasks),
+            "sha256": digest,
+            "weights_file": WEIGHTS_FILE,
+            "parameters": int(sum(v.numel() for k, v in state.items()
+                                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))),
+        })
+        with open(tmp / CARD_FILE, "w", encoding="utf-8") as f:
+            json.dump(card, f, indent=2, sort_keys=False)
+            f.write("\n")
+        _atomic_replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_card(folder) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelLoadError("model folder %s does not exist" % folder)
+    path = folder / CARD_FILE
+    if not path.is_file():
+        raise ModelLoadError("model folder %s has no %s" % (folder, CARD_FILE))
+    try:
+        with open(path, encoding="utf-8") as f:
+            card = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError("model card %s is not valid JSON: %s" % (path, e)) from None
+    if not isinstance(card, dict):
+        raise ModelLoadError("model card %s is not a JSON object" % path)
+    missing = [k for k in ("architecture", "sha256", "id", "version") if k not in card]
+    if missing:
+        raise ModelLoadError("model card %s lacks %s" % (path, ", ".join(missing)))
+    return card
+
+
+def load_model(folder, device: str = "cpu") -> LoadedModel:
+    """Load and verify a model folder; the network is returned in eval mode on ``device``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    card = read_card(folder)
+    weights = folder / card.get("weights_file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ModelLoadError("model folder %s has no weights file %s" % (folder, weights.name))
+    digest = sha256_file(weights)
+    if digest != card["sha256"]:
+        raise ModelLoadError("weights %s are corrupt or changed: SHA-256 %s does not match the card's %s"
+                             % (weights, digest[:12], str(card["sha256"])[:12]))
+    try:
+        config = ModelConfig.from_dict(card["architecture"])
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError("model card %s has an invalid architecture: %s" % (folder, e)) from None
+    for key, value in (("classes", config.class_names), ("lesion_types", config.lesion_types)):
+        if key in card and tuple(card[key]) != tuple(value):
+            raise ModelLoadError("model card %s: %s %s disagree with the architecture's %s"
+                                 % (folder, key, card[key], list(value)))
+    try:
+        rep = Representation.from_dict(card.get("representation"))
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError("model card %s has an invalid representation: %s" % (folder, e)) from None
+    if rep.input_size != config.input_size:
+        raise ModelLoadError("model card %s: representation input size %d != architecture %d"
+                             % (folder, rep.input_size, config.input_size))
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError("weights %s cannot be read: %s" % (weights, e)) from None
+    model = MultiTaskNet(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    shape = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or extra or shape:
+        raise ModelLoadError(
+            "model card %s does not match its weights (architecture %s): %d missing, %d unexpected, "
+            "%d wrong-shape tensors (e.g. %s)" % (folder, config.backbone, len(missing), len(extra),
+                                                 len(shape), (missing + extra + shape)[:3]))
+    model.load_state_dict(state, strict=True)
+    model.eval().to(device)
+    identity = ModelIdentity(id=str(card["id"]), version=str(card["version"]), sha256=str(card["sha256"]))
+    return LoadedModel(model, config, card, identity, rep, folder, str(device))
+
+
+# --------------------------------------------------------------------------- registry
+
+def registry_path() -> Path:
+    from .paths import resources_dir
+
+    return resources_dir() / REGISTRY_FILE
+
+
+def read_registry() -> dict:
+    path = registry_path()
+    if not path.is_file():
+        return {"default": None, "models": {}}
+    try:
+        with open(path, encoding="utf-8") as f:
+            reg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError("model registry %s is not valid JSON: %s" % (path, e)) from None
+    reg.setdefault("default", None)
+    reg.setdefault("models", {})
+    return reg
+
+
+def default_model_dir() -> Path:
+    """The bundled default model's folder (from Resources/models.json)."""
+    path = registry_path()
+    reg = read_registry()
+    default = reg.get("default")
+    if not default:
+        raise ModelLoadError(
+            "no bundled model yet: the registry %s names no default model; pass a model folder "
+            "(e.g. --model DIR from `python -m ChestCTMTLTraining train --output DIR`, DIR/model)" % path)
+    entry = reg["models"].get(default)
+    if not entry:
+        raise ModelLoadError("model registry %s names default %r but does not list it" % (path, default))
+    folder = Path(entry["path"]) if isinstance(entry, dict) else Path(entry)
+    if not folder.is_absolute():
+        folder = path.parent / folder
+    if not folder.is_dir():
+        raise ModelLoadError("default model %r is registered at %s but that folder is missing"
+                             % (default, folder))
+    return folder
+
+
+def register_model(folder, make_default: bool = True, registry: Optional[Path] = None) -> Path:
+    """Add a model folder (relative to the registry when inside it) to models.json, atomically."""
+    registry = Path(registry) if registry else registry_path()
+    card = read_card(folder)
+    reg = {"default": None, "models": {}}
+    if registry.is_file():
+        with open(registry, encoding="utf-8") as f:
+            reg = json.load(f)
+    folder = Path(folder).resolve()
+    try:
+        rel = folder.relative_to(registry.parent.resolve()).as_posix()
+    except ValueError:
+        rel = str(folder)
+    reg.setdefault("models", {})[card["id"]] = {
+        "path": rel, "version": card["version"], "sha256": card["sha256"],
+        "backbone": card["architecture"].get("backbone"), "description": card.get("description", ""),
+    }
+    if make_default:
+        reg["default"] = card["id"]
+    tmp = registry.with_name(registry.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(reg, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, registry)
+    return registry
+
+
+def create_untrained_model_folder(folder, config: Optional[ModelConfig] = None, seed: int = 0) -> Path:
+    """A valid, randomly initialised model folder (deterministic for ``seed``) for tests."""
+    config = config or ModelConfig()
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = MultiTaskNet(config)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    card = {"id": "untrained-%s-seed%d" % (config.backbone, seed), "version": __version__,
+            "description": "randomly initialised weights, for tests only",
+            "training_data": [], "metrics": {}, "limits": ["untrained: outputs are meaningless"]}
+    rep = Representation(input_size=config.input_size)
+    return save_model_folder(model, config, card, folder, representation=rep)

@@ -1,0 +1,90 @@
+"""What one analysis produces, independent of where it is shown (Slicer scene, files, report).
+
+Everything is already on the input's voxel grid: the MRML adapter only copies arrays into
+nodes and never resamples, which is what keeps output geometry identical to the input.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .volume import CTVolume
+
+CLASS_NAMES = ("non-covid", "covid", "cancer")
+LESION_TYPES = ("covid-infection", "nodule-mass")
+
+FINDINGS_TSV_COLUMNS = (
+    "id", "type", "score", "center_r", "center_a", "center_s",
+    "size_r", "size_a", "size_s", "volume_mm3",
+)
+
+
+@dataclass
+class Finding:
+    """One detected lesion (from the detection head), merged across adjacent slices."""
+
+    id: str
+    type: str
+    score: float
+    center_ras: List[float]  # mm
+    size_ras: List[float]  # extent along R, A, S in mm
+    ijk_min: List[int]  # inclusive (i, j, k)
+    ijk_max: List[int]  # inclusive (i, j, k)
+    volume_mm3: float
+
+    def row(self) -> dict:
+        """One findings.tsv / report.json row, in FINDINGS_TSV_COLUMNS order."""
+        c, s = self.center_ras, self.size_ras
+        return {
+            "id": self.id, "type": self.type, "score": round(float(self.score), 4),
+            "center_r": round(float(c[0]), 2), "center_a": round(float(c[1]), 2),
+            "center_s": round(float(c[2]), 2),
+            "size_r": round(float(s[0]), 2), "size_a": round(float(s[1]), 2),
+            "size_s": round(float(s[2]), 2),
+            "volume_mm3": round(float(self.volume_mm3), 1),
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelIdentity:
+    id: str
+    version: str
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AnalysisResult:
+    """All four task outputs for one CT volume, on the input grid."""
+
+    volume: CTVolume  # the input (never modified)
+    class_probabilities: Dict[str, float]  # keys CLASS_NAMES, sum 1
+    predicted_class: str
+    slice_probabilities: Optional[np.ndarray]  # (n_analysed_slices, 3) or None
+    analysed_slices: Optional[np.ndarray]  # k indices the model looked at
+    lesion_masks: Dict[str, np.ndarray]  # lesion type -> uint8 (k, j, i); empty if seg off
+    reconstruction_hu: Optional[np.ndarray]  # int16 (k, j, i); air where not analysed
+    findings: List[Finding]
+    model: ModelIdentity
+    timings_s: Dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def report_dict(self, input_path: Optional[str] = None) -> dict:
+        """The report.json structure (see README)."""
+        geometry = self.volume.geometry_dict()
+        return {
+            "classification": {k: float(self.class_probabilities[k]) for k in CLASS_NAMES},
+            "predicted_class": self.predicted_class,
+            "findings": [f.row() for f in self.findings],
+            "model": self.model.to_dict(),
+            "timings_s": {k: round(float(v), 4) for k, v in self.timings_s.items()},
+            "input": {"path": input_path or self.volume.source_path, **geometry},
+            "device": self.device,
+        }
