@@ -24,7 +24,16 @@ from .paths import cache_dir
 
 ARCHIVE = "pyradiomics-3.0.1.tar.gz"
 ARCHIVE_SHA256 = "47c57f441d6cb7973fa3b2ea48d3948df78e3348e1c69e1e2ff19001601fc2f5"
-MEMBERS = ("lung1_image.nrrd", "lung1_label.nrrd", "lung2_image.nrrd", "lung2_label.nrrd")
+#: SHA-256 of each extracted file (also what Slicer's SampleData entry checks).
+MEMBER_SHA256 = {
+    "lung1_image.nrrd": "379fa48bf34cfa961e6f5ec19c0c38757a30b9aa884212ef28dc29b5061c64ed",
+    "lung1_label.nrrd": "e9d9a88054d7bc1d3034193ff907ce6b8c6ba28a7bc3a16f23728982d1b6b50a",
+    "lung2_image.nrrd": "aa2b94eec79127ed786798ac8dc3c013010e1692d5787bebfae1a1e9685a4651",
+    "lung2_label.nrrd": "cef52738dc51aab69a48fe30639da956d2b911b1c2920439c091fab84727657a",
+}
+MEMBERS = tuple(MEMBER_SHA256)
+#: The same files at PyRadiomics' v3.0.1 tag, for Slicer's SampleData (downloaded on click).
+MEMBER_URL = "https://raw.githubusercontent.com/AIM-Harvard/pyradiomics/v3.0.1/data/{name}"
 
 
 class SampleDataError(RuntimeError):
@@ -83,6 +92,9 @@ def fetch_sample(force: bool = False) -> Dict[str, Path]:
                         raise SampleDataError(f"{member} is not a file in {ARCHIVE}")
                     with open(staging / member, "wb") as out:
                         shutil.copyfileobj(source, out)
+                    if _sha256(staging / member) != MEMBER_SHA256[member]:
+                        raise SampleDataError(f"{member} in {ARCHIVE} has an unexpected SHA-256")
+            os.chmod(staging, 0o755)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
