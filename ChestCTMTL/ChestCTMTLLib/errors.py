@@ -100,7 +100,20 @@ class ModelNotFoundError(ModelError):
     cause = "model-not-found"
 
 
+class TaskNotAvailableError(ModelError):
+    """A task was requested that the model was not built with."""
+
+    cause = "task-not-available"
+
+
 # ---------------------------------------------------------------- run control
+class DeviceUnavailableError(ChestCTMTLError):
+    """``device="cuda"`` was asked for but PyTorch sees no usable GPU."""
+
+    cause = "device-unavailable"
+
+
+
 class Cancelled(ChestCTMTLError):
     """The caller's cancel callback asked to stop; no result exists and nothing was written."""
 

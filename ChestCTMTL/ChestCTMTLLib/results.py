@@ -75,6 +75,7 @@ class AnalysisResult:
     model: ModelIdentity
     timings_s: Dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    slice_axis: int = 0  # numpy axis of volume.array that analysed_slices index (axial-most)
 
     def report_dict(self, input_path: Optional[str] = None) -> dict:
         """The report.json structure (see README)."""

@@ -25,6 +25,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from . import errors
+from .orientation import axial_view
 from .volume import CTVolume, ijk_to_ras_from_itk, itk_geometry_from_ijk_to_ras
 
 VOLUME_EXTENSIONS = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
@@ -123,7 +124,7 @@ def _check_nifti_payload(path: Path) -> Optional[str]:
         header = b""
         with open(path, "rb") as f:
             while True:
-                chunk = f.read(1 << 22)
+                chunk = f.read(1 << 20)
                 if not chunk:
                     break
                 out = d.decompress(chunk)
@@ -237,18 +238,17 @@ def _image_to_volume(image, meta: dict, name: str, source: str) -> CTVolume:
     pid = image.GetPixelID()
     integer_ids = (sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16,
                    sitk.sitkInt32, sitk.sitkUInt32, sitk.sitkInt64, sitk.sitkUInt64)
+    dtype = np.float32
     if pid in integer_ids:
         mm = sitk.MinimumMaximumImageFilter()
         mm.Execute(image)
         if mm.GetMinimum() >= -32768 and mm.GetMaximum() <= 32767:
-            if pid != sitk.sitkInt16:
-                image = sitk.Cast(image, sitk.sitkInt16)
-        else:
-            image = sitk.Cast(image, sitk.sitkFloat32)
-    elif pid != sitk.sitkFloat32:
-        image = sitk.Cast(image, sitk.sitkFloat32)
+            dtype = np.int16
     ijk_to_ras = ijk_to_ras_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    array = sitk.GetArrayFromImage(image)  # (k, j, i), a copy owned by numpy
+    # one conversion straight from ITK's buffer into the final array: no intermediate
+    # cast image and no second copy (the volume is the largest thing in memory)
+    array = np.empty(size[::-1], dtype=dtype)
+    np.copyto(array, sitk.GetArrayViewFromImage(image), casting="unsafe")
     return CTVolume(array=array, ijk_to_ras=ijk_to_ras, name=name, source_path=source,
                     metadata=meta)
 
@@ -311,12 +311,9 @@ def write_ct(volume: CTVolume, path, array: Optional[np.ndarray] = None,
 
 
 # --------------------------------------------------------------------------- validation
-def slice_axis(ijk_to_ras: np.ndarray) -> int:
+def slice_axis(ijk_to_ras: np.ndarray, shape=(1, 1, 1)) -> int:
     """The numpy axis of a (k, j, i) array whose direction is closest to superior (S)."""
-    m = np.asarray(ijk_to_ras, dtype=np.float64)[:3, :3]
-    d = m / np.linalg.norm(m, axis=0)
-    ijk_axis = int(np.argmax(np.abs(d[2])))
-    return 2 - ijk_axis
+    return axial_view(ijk_to_ras, shape).perm[0]
 
 
 def _sample(array: np.ndarray, target: int = 2_000_000) -> np.ndarray:
@@ -349,7 +346,7 @@ def validate_ct(volume: CTVolume) -> dict:
         raise errors.NotAVolumeError(
             "a single slice (shape %s) is a 2D image: a 3D CT volume is needed" % (a.shape,), src,
             dimension=2)
-    ax = slice_axis(m)
+    ax = slice_axis(m, a.shape)
     spacing_np = volume.spacing[::-1]  # per numpy axis (k, j, i)
     n_slices = a.shape[ax]
     inplane = [d for d in range(3) if d != ax]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import types
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -93,6 +94,10 @@ class HeadlessSlicer:
         # subject hierarchy; without Qt nobody does, so folders and .mrb files would lack items.
         self._sh_observer = self.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent,
                                                    self._on_node_added)
+        # ... and removes a removed node's item from its parent; without that the item lingers
+        # in its folder's children (GetItemChildren) after the node is gone.
+        self._sh_remove_observer = self.scene.AddObserver(
+            slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, self._on_node_about_to_be_removed)
         self.modules = types.SimpleNamespace(
             **{name.lower(): _ModuleStandIn(name, logic) for name, logic in self.logics.items()})
 
@@ -106,8 +111,20 @@ class HeadlessSlicer:
         if sh is not None and sh.GetItemByDataNode(node) == 0:
             sh.CreateItem(sh.GetSceneItemID(), node)
 
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def _on_node_about_to_be_removed(self, caller, event, node) -> None:  # noqa: ARG002
+        if node is None or self.scene.IsClosing():
+            return
+        sh = self.scene.GetSubjectHierarchyNode()
+        if sh is None or node is sh:
+            return
+        item = sh.GetItemByDataNode(node)
+        if item:
+            sh.RemoveItem(item, False, False)
+
     def close(self) -> None:
         self.scene.RemoveObserver(self._sh_observer)
+        self.scene.RemoveObserver(self._sh_remove_observer)
         self.scene.Clear(True)
 
 
@@ -131,6 +148,31 @@ def get_scene():
     slicer.mrmlScene = app.scene
     slicer.modules = app.modules
     return app.scene
+
+
+@contextmanager
+def scratch_scene():
+    """A private, empty scene for building nodes only to write them to files (closed after).
+
+    Writing a case must not disturb the user's scene, and a .mrb of a case must hold only that
+    case. In Slicer the new scene gets the application's registered node classes; outside
+    Slicer it is a second headless application with its own logics.
+    """
+    if inside_slicer_application():
+        scene = slicer.vtkMRMLScene()
+        slicer.mrmlScene.CopyRegisteredNodesToScene(scene)
+        scene.SetDataIOManager(slicer.mrmlScene.GetDataIOManager())
+        scene.SetCacheManager(slicer.mrmlScene.GetCacheManager())
+        try:
+            yield scene
+        finally:
+            scene.Clear(True)
+        return
+    app = HeadlessSlicer()
+    try:
+        yield app.scene
+    finally:
+        app.close()
 
 
 def get_logic(name: str):

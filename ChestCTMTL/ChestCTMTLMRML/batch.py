@@ -1,0 +1,168 @@
+"""Analyse many inputs into case folders: the one path behind ``chestctmtl analyze`` and
+``Scripts/batch_analyze.py`` (inside Slicer and out).
+
+The model is loaded once; each input is read, analysed and written on its own, so a bad input
+costs only its own case (reported, no folder) and the rest of the batch goes on.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from ChestCTMTLLib.errors import ChestCTMTLError
+
+from . import files
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class CaseOutcome:
+    """What happened to one input."""
+
+    input: str
+    case_dir: Optional[Path] = None
+    error: Optional[str] = None
+    cause: Optional[str] = None  # the error's stable cause code ("not-3d", "unreadable-file"...)
+    seconds: float = 0.0
+    predicted_class: Optional[str] = None
+    n_findings: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def load_model(model=None, device: str = "auto"):
+    """(loaded model, resolved device); raises ModelError / DeviceUnavailableError clearly."""
+    from ChestCTMTLLib import inference
+
+    resolved = inference.resolve_device(device)
+    return inference.resolve_model(model, device=resolved), resolved
+
+
+class _Bar:
+    """A tqdm bar over cases that also moves within a case (fraction + stage text)."""
+
+    def __init__(self, total: int, enabled: bool, stream) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="case", file=stream, dynamic_ncols=True,
+                             bar_format="{l_bar}{bar}| {n:.2f}/{total} [{elapsed}<{remaining}]{postfix}")
+        self._done = 0
+
+    def progress(self, fraction: float, stage: str) -> None:
+        if self._bar is not None:
+            self._bar.n = self._done + max(0.0, min(1.0, fraction))
+            self._bar.set_postfix_str(stage, refresh=False)
+            self._bar.refresh()
+
+    def case_done(self) -> None:
+        self._done += 1
+        self.progress(0.0, "")
+
+    def write(self, text: str, stream) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=stream)
+        else:
+            print(text, file=stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def analyze_one(input_path, output_dir, loaded_model, device: str, mrb: bool = False,
+                scene=None, progress: Optional[Callable[[float, str], None]] = None,
+                preview: bool = True):
+    """Read, analyse and write one input; returns (case folder, AnalysisResult). Raises on
+    failure, and then nothing is written."""
+    from ChestCTMTLLib.inference import analyze
+    from ChestCTMTLLib.volume_io import case_name, read_ct
+
+    report = progress or (lambda fraction, stage: None)
+    report(0.0, "reading")
+    volume = read_ct(input_path)
+    result = analyze(volume, model=loaded_model, device=device,
+                     progress=lambda f, stage: report(0.05 + 0.85 * f, stage))
+    report(0.92, "writing")
+    case_dir = files.case_dir_for(output_dir, case_name(input_path))
+    files.write_case(scene, volume, result, case_dir, mrb=mrb, input_path=str(input_path),
+                     preview=preview)
+    report(1.0, "done")
+    return case_dir, result
+
+
+def analyze_inputs(inputs: Sequence, output_dir, model=None, device: str = "auto",
+                   mrb: bool = False, scene=None, progress_bar: bool = True,
+                   stream=None, preview: bool = True) -> List[CaseOutcome]:
+    """Analyse every input into ``output_dir/<case>/``; one CaseOutcome per input, in order.
+
+    ``preview`` adds each case's preview.png. The model/device must load (ModelError / DeviceUnavailableError propagate: nothing can be
+    done without them); failures of single inputs are recorded and the batch continues.
+    """
+    stream = stream or sys.stderr
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError("output is not a folder: {}".format(output_dir))
+    loaded, resolved = load_model(model, device)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: List[CaseOutcome] = []
+    bar = _Bar(len(inputs), progress_bar, stream)
+    try:
+        for input_path in inputs:
+            outcome = CaseOutcome(input=str(input_path))
+            started = time.perf_counter()
+            try:
+                case_dir, result = analyze_one(input_path, output_dir, loaded, resolved, mrb,
+                                               scene, bar.progress, preview=preview)
+                outcome.case_dir = case_dir
+                outcome.predicted_class = result.predicted_class
+                outcome.n_findings = len(result.findings)
+            except ChestCTMTLError as exc:
+                outcome.error, outcome.cause = str(exc), exc.cause
+            except (OSError, files.CaseWriteError) as exc:
+                outcome.error, outcome.cause = "{}: {}".format(input_path, exc), "write-failed"
+            except Exception as exc:  # noqa: BLE001 - a bug must not kill the other cases
+                outcome.error = "{}: internal error {}: {}".format(input_path,
+                                                                   type(exc).__name__, exc)
+                outcome.cause = "internal-error"
+                _LOG.debug("%s", traceback.format_exc())
+                traceback.print_exc(file=stream)
+            outcome.seconds = time.perf_counter() - started
+            if not outcome.ok:
+                bar.write("skipped {} ({}): {}".format(input_path, outcome.cause, outcome.error),
+                          stream)
+            outcomes.append(outcome)
+            bar.case_done()
+    finally:
+        bar.close()
+    return outcomes
+
+
+def summary_lines(outcomes: Sequence[CaseOutcome]) -> List[str]:
+    """A short human summary: one line per case, then the totals."""
+    lines = []
+    for outcome in outcomes:
+        if outcome.ok:
+            lines.append("ok      {} -> {} ({}, {} finding{}, {:.1f} s)".format(
+                outcome.input, outcome.case_dir, outcome.predicted_class, outcome.n_findings,
+                "" if outcome.n_findings == 1 else "s", outcome.seconds))
+        else:
+            lines.append("FAILED  {} [{}]: {}".format(outcome.input, outcome.cause, outcome.error))
+    failed = sum(not o.ok for o in outcomes)
+    lines.append("{} input{} analysed, {} failed".format(
+        len(outcomes) - failed, "" if len(outcomes) - failed == 1 else "s", failed))
+    return lines
+
+
+def exit_code(outcomes: Sequence[CaseOutcome]) -> int:
+    """0 when every input was analysed, 1 when any failed."""
+    return 0 if outcomes and all(o.ok for o in outcomes) else 1

@@ -1,0 +1,201 @@
+"""One analysed case -> a folder of files Slicer opens natively, written all-or-nothing.
+
+``OUTDIR/<case>/`` holds ``lesions.seg.nrrd``, ``reconstruction.nrrd``, ``findings.mrk.json``,
+``findings.tsv`` (+ ``findings.schema.tsv``, the column types Slicer's table reader uses),
+``report.json``, ``preview.png`` (a picture of the result for people, see
+ChestCTMTLLib.preview; skipped with a warning where matplotlib is missing, e.g. in a bare
+Slicer) and, on request, ``<case>.mrb``. The Slicer formats are written by the nodes'
+own storage nodes from slicer-core, i.e. by Slicer's code, so Slicer reads them back exactly.
+
+The folder is built under a hidden temporary name in the same parent and renamed into place
+at the end, so a crash, a bad input or a full disk never leaves a partial case folder behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional, Union
+
+from ChestCTMTLLib import preview as preview_png
+from ChestCTMTLLib.results import FINDINGS_TSV_COLUMNS, AnalysisResult
+from ChestCTMTLLib.volume import CTVolume
+
+from . import headless, nodes, terminology
+
+SEGMENTATION_FILE = "lesions.seg.nrrd"
+RECONSTRUCTION_FILE = "reconstruction.nrrd"
+MARKUPS_FILE = "findings.mrk.json"
+FINDINGS_FILE = "findings.tsv"
+REPORT_FILE = "report.json"
+CASE_FILES = (SEGMENTATION_FILE, RECONSTRUCTION_FILE, MARKUPS_FILE, FINDINGS_FILE, REPORT_FILE)
+#: Optional (``preview=False``, or no matplotlib), hence not in CASE_FILES.
+PREVIEW_FILE = preview_png.PREVIEW_FILE
+
+_LOG = logging.getLogger(__name__)
+
+#: What Slicer 5.12's markups writer puts in "@schema" (used only when there is no ROI to copy it from).
+_MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
+                   "Resources/Schema/markups-schema-v1.0.4.json#")
+_PARTIAL_MARKER = ".partial-"
+
+
+class CaseWriteError(RuntimeError):
+    """A storage node refused to write (disk full, permissions, ...); nothing was kept."""
+
+
+def case_dir_for(output_dir: Union[str, Path], case_name: str) -> Path:
+    """``output_dir/case_name``, or ``case_name-2``, ``-3`` ... if that folder exists already."""
+    output_dir = Path(output_dir)
+    candidate = output_dir / case_name
+    number = 2
+    while candidate.exists():
+        candidate = output_dir / "{}-{}".format(case_name, number)
+        number += 1
+    return candidate
+
+
+def _write_with_storage_node(node, path: Path, compress: bool = True) -> None:
+    storage = node.CreateDefaultStorageNode()
+    if storage is None:
+        raise CaseWriteError("no storage node for {}".format(node.GetClassName()))
+    storage.SetFileName(str(path))
+    if hasattr(storage, "SetUseCompression"):
+        storage.SetUseCompression(bool(compress))
+    if not storage.WriteData(node) or not path.is_file():
+        messages = storage.GetUserMessages().GetAllMessagesAsString() \
+            if storage.GetUserMessages() is not None else ""
+        raise CaseWriteError("could not write {}: {}".format(path.name, messages.strip()))
+
+
+def write_markups_file(rois: List[object], path: Path) -> None:
+    """All ROIs in ONE markups JSON file ("markups" holds one entry per ROI, each with its node
+    name), which Slicer's markups reader turns back into one ROI node per entry."""
+    scratch = Path(tempfile.mkdtemp(prefix=".markups-", dir=str(path.parent)))
+    try:
+        schema, entries = _MARKUPS_SCHEMA, []
+        for number, roi in enumerate(rois):
+            single = scratch / "{}.mrk.json".format(number)
+            _write_with_storage_node(roi, single)
+            with open(single, encoding="utf-8") as handle:
+                doc = json.load(handle)
+            schema = doc.get("@schema", schema)
+            for entry in doc["markups"]:
+                entries.append({"name": roi.GetName(), **entry})
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump({"@schema": schema, "markups": entries}, handle, indent=4)
+            handle.write("\n")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_findings_tsv(scene, result: AnalysisResult, path: Path) -> None:
+    """findings.tsv with exactly FINDINGS_TSV_COLUMNS, via Slicer's table storage node."""
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", "__chestctmtl_findings_tsv__")
+    try:
+        rows = [finding.row() for finding in result.findings]
+        nodes._add_columns(table, FINDINGS_TSV_COLUMNS, rows)
+        _write_with_storage_node(table, path, compress=False)
+    finally:
+        nodes._remove_node(scene, table)
+
+
+def report_dict(result: AnalysisResult, input_path: Optional[str] = None) -> dict:
+    """report.json's content (the core's report with its fixed top-level keys)."""
+    return result.report_dict(input_path=input_path)
+
+
+def write_preview(result: AnalysisResult, path: Path, title: Optional[str] = None) -> bool:
+    """preview.png in the segments' Slicer colours; False (and a warning) without matplotlib."""
+    if not preview_png.available():
+        _LOG.warning("matplotlib is not installed: %s not written", path.name)
+        return False
+    types = list(result.lesion_masks) + [f.type for f in result.findings]
+    colors = {name: terminology.lesion_term(name).color for name in types}
+    preview_png.write_preview(result, path, colors=colors, title=title)
+    return True
+
+
+def _write_json(data: dict, path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+
+
+@contextmanager
+def _working_scene(scene):
+    if scene is None:
+        with headless.scratch_scene() as scratch:
+            yield scratch
+    else:
+        yield scene
+
+
+def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: Path,
+                      case_name: str, mrb: bool, input_path: Optional[str]) -> None:
+    volume_node = nodes.volume_node_from_ct(scene, volume, case_name)
+    results = None
+    try:
+        results = nodes.create_result_nodes(scene, volume_node, result)
+        if results.segmentation is not None:
+            _write_with_storage_node(results.segmentation, folder / SEGMENTATION_FILE)
+        if results.reconstruction is not None:
+            _write_with_storage_node(results.reconstruction, folder / RECONSTRUCTION_FILE)
+        write_markups_file(results.rois, folder / MARKUPS_FILE)
+        write_findings_tsv(scene, result, folder / FINDINGS_FILE)
+        _write_json(report_dict(result, input_path or volume.source_path), folder / REPORT_FILE)
+        if mrb:
+            bundle = folder / "{}.mrb".format(case_name)
+            if not scene.WriteToMRB(str(bundle)) or not bundle.is_file():
+                raise CaseWriteError("could not write {}".format(bundle.name))
+    finally:
+        if results is not None:
+            nodes.remove_result_nodes(scene, results)
+        nodes._remove_node(scene, volume_node)
+
+
+def write_case(scene, volume, result: AnalysisResult, case_dir: Union[str, Path],
+               mrb: bool = False, input_path: Optional[str] = None,
+               preview: bool = True) -> Path:
+    """Write one case atomically to ``case_dir`` (which must not exist yet) and return it.
+
+    ``volume`` is the analysed CTVolume or its volume node (copied, never modified; results
+    already on it in the scene are left alone: the files show exactly ``result``).
+    With ``scene=None`` the nodes are built in a private scratch scene; with a scene they are
+    built there and removed again afterwards. ``mrb`` adds ``<case>.mrb`` (input volume +
+    results as a Slicer scene bundle); it is always built in a scratch scene, because saving a
+    bundle re-points the storage nodes of *every* node in its scene, which must not happen to
+    a user's scene, and the bundle must hold only this case. ``preview`` adds preview.png
+    (when matplotlib is available).
+    """
+    case_dir = Path(case_dir)
+    if not isinstance(volume, CTVolume):
+        volume = nodes.ct_from_volume_node(volume)
+    if case_dir.exists():
+        raise FileExistsError("case folder already exists: {}".format(case_dir))
+    case_dir.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix="." + case_dir.name + _PARTIAL_MARKER,
+                                      dir=str(case_dir.parent)))
+    try:
+        with _working_scene(None if mrb else scene) as working:
+            _write_case_files(working, volume, result, temporary, case_dir.name, mrb, input_path)
+        if preview:
+            write_preview(result, temporary / PREVIEW_FILE, title=case_dir.name)
+        os.chmod(temporary, 0o777 & ~_umask())
+        if case_dir.exists():  # appeared while we were writing: never merge into it
+            raise FileExistsError("case folder appeared while writing: {}".format(case_dir))
+        os.rename(temporary, case_dir)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return case_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,132 @@
+"""Command line: ``python -m ChestCTMTLTraining {train,evaluate,export,predict,ablation}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _parse_set(values):
+    """--set a.b=value overrides (value parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in values or []:
+        if "=" not in item:
+            raise SystemExit("--set expects KEY=VALUE, got %r" % item)
+        key, val = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return out
+
+
+def cmd_train(a) -> int:
+    from .config import load_config
+    from .train import TrainingError, run_training
+
+    cfg = load_config(a.config, _parse_set(a.set))
+    try:
+        summary = run_training(cfg, a.output, resume=a.resume, export=not a.no_export,
+                               progress=not a.quiet)
+    except TrainingError as e:
+        print("training failed: %s" % e, file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "skipped"}, indent=2))
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .export import export_checkpoint
+
+    folder = export_checkpoint(a.checkpoint, a.output, model_id=a.id, card_extra=a.card)
+    print("exported %s" % folder)
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluate import evaluate_model
+
+    report = evaluate_model(a.model, a.data, a.output, split=a.split, max_per_source=a.max_per_source,
+                            overrides=_parse_set(a.set))
+    print(json.dumps(report["headline"], indent=2))
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from .predict import predict_images
+
+    n_ok, n_bad = predict_images(a.inputs, a.output, model=a.model)
+    return 0 if n_bad == 0 and n_ok > 0 else 1
+
+
+def cmd_ablation(a) -> int:
+    from .ablation import run_ablation
+
+    table = run_ablation(a.config, a.output, steps=a.steps, input_size=a.input_size, rows=a.rows,
+                         resume=a.resume)
+    print(table)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ChestCTMTLTraining", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("--config", required=True, help="YAML file or packaged config name (smoke, default, ...)")
+    t.add_argument("--output", required=True, help="run folder (logs, checkpoints, curves, model/)")
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoints/last.pt")
+    t.add_argument("--no-export", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="export a training checkpoint as a model folder")
+    e.add_argument("checkpoint")
+    e.add_argument("--output", required=True)
+    e.add_argument("--id")
+    e.add_argument("--card", help="JSON file merged into the model card (metrics, limits ...)")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("evaluate", help="evaluate a model folder on a config's validation split")
+    v.add_argument("--model", help="model folder (default: the bundled model)")
+    v.add_argument("--data", required=True, help="YAML config whose sources (val split) are evaluated")
+    v.add_argument("--output", required=True, help="folder for metrics.json, report.md and plots")
+    v.add_argument("--split", default="val", choices=["val", "train", "all"])
+    v.add_argument("--max-per-source", type=int, default=None)
+    v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="classify and segment 2D 8-bit slices (PNG/JPG)")
+    r.add_argument("inputs", nargs="+", help="image files or folders")
+    r.add_argument("--output", required=True)
+    r.add_argument("--model", help="model folder (default: the bundled model)")
+    r.set_defaults(func=cmd_predict)
+
+    b = sub.add_parser("ablation", help="single- vs multi-task and backbone comparison table")
+    b.add_argument("--config", default="ablation", help="base config (sources + split)")
+    b.add_argument("--output", required=True)
+    b.add_argument("--steps", type=int, default=None, help="steps per row (default: config)")
+    b.add_argument("--input-size", type=int, default=None)
+    b.add_argument("--rows", nargs="*", default=None, help="subset of rows to run")
+    b.add_argument("--resume", action="store_true", help="reuse finished rows")
+    b.set_defaults(func=cmd_ablation)
+
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(a.func(a))
+    except (FileNotFoundError, ValueError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

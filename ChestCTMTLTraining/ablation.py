@@ -1,0 +1,87 @@
+"""The paper's question on our data: single-task vs multi-task, and backbones, in one table.
+
+Every row trains with the same base config (sources, split, schedule, input size) and differs
+only in tasks or backbone; every row is evaluated on the same validation split by
+:func:`~ChestCTMTLTraining.evaluate.evaluate_model`. Rows are resumable (``--resume`` reuses
+finished rows and continues unfinished ones from their checkpoints).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+ALL = ["classification", "segmentation", "reconstruction", "detection"]
+
+ROWS = {
+    "joint-fast": {"model": {"backbone": "fast"}, "train": {"regime": "joint", "tasks": ALL}},
+    "seg-only-fast": {"model": {"backbone": "fast"}, "train": {"regime": "single", "tasks": ["segmentation"]}},
+    "cls-only-fast": {"model": {"backbone": "fast"}, "train": {"regime": "single", "tasks": ["classification"]}},
+    "joint-vgg13": {"model": {"backbone": "vgg13"}, "train": {"regime": "joint", "tasks": ALL}},
+    "joint-resnet50": {"model": {"backbone": "resnet50"}, "train": {"regime": "joint", "tasks": ALL}},
+}
+
+COLUMNS = [("covid_dice", "COVID Dice"), ("nodule_dice", "nodule Dice"), ("accuracy", "accuracy"),
+           ("cancer_vs_normal_balanced_accuracy", "cancer-vs-normal bal. acc."), ("recon_psnr", "PSNR dB"),
+           ("slice_map50", "slice mAP@0.5")]
+
+
+def run_ablation(config: str = "ablation", output="ablation", steps: Optional[int] = None,
+                 input_size: Optional[int] = None, rows: Optional[List[str]] = None,
+                 resume: bool = False) -> str:
+    from .config import load_config
+    from .evaluate import evaluate_model
+    from .train import run_training
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    names = rows or list(ROWS)
+    unknown = [r for r in names if r not in ROWS]
+    if unknown:
+        raise ValueError("unknown ablation rows %s (known: %s)" % (unknown, list(ROWS)))
+    results = {}
+    for name in names:
+        over = json.loads(json.dumps(ROWS[name]))
+        if steps:
+            over["train"]["steps"] = int(steps)
+            over["train"]["stages"] = []
+        if input_size:
+            over["model"]["input_size"] = int(input_size)
+        cfg = load_config(config, over)
+        run_dir = out / name
+        summary_path = run_dir / "summary.json"
+        if resume and summary_path.is_file() and (run_dir / "model" / "model.json").is_file():
+            summary = json.loads(summary_path.read_text())
+        else:
+            summary = run_training(cfg, run_dir, resume=resume)
+        ev_path = run_dir / "eval" / "metrics.json"
+        if resume and ev_path.is_file():
+            metrics = json.loads(ev_path.read_text())
+        else:
+            metrics = evaluate_model(run_dir / "model", config, run_dir / "eval", probe_format=False,
+                                     overrides={"model": over["model"]})
+        results[name] = {"backbone": cfg["model"]["backbone"], "tasks": cfg["train"]["tasks"],
+                         "parameters": summary.get("parameters"), "steps": summary.get("steps"),
+                         "seconds_per_step": summary.get("seconds_per_step"),
+                         "input_size": cfg["model"]["input_size"], **metrics["headline"]}
+    table = format_table(results)
+    tmp = out / "ablation.md.tmp"
+    tmp.write_text(table + "\n")
+    os.replace(tmp, out / "ablation.md")
+    (out / "ablation.json").write_text(json.dumps(results, indent=2))
+    return table
+
+
+def format_table(results: dict) -> str:
+    head = ["row", "backbone", "tasks", "params", "s/step", "input"] + [c[1] for c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        cells = [name, r["backbone"], "+".join(t[:3] for t in r["tasks"]),
+                 "%.2fM" % (r["parameters"] / 1e6) if r.get("parameters") else "",
+                 "%.2f" % r["seconds_per_step"] if r.get("seconds_per_step") else "", str(r["input_size"])]
+        for key, _label in COLUMNS:
+            v = r.get(key)
+            cells.append("—" if v is None or v != v else "%.3f" % v)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

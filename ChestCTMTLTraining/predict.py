@@ -1,0 +1,100 @@
+"""Predict on 2D 8-bit slices (PNG/JPG, any size, grey or colour).
+
+Writes ``OUTDIR/<stem>_lesion.png`` (0/255 at the input's size: the union of all lesion types,
+mapped back through the representation's exact inverse) and ``OUTDIR/predictions.csv`` with
+``file,p_noncovid,p_covid,p_cancer,predicted``. An unreadable file is reported on stderr and
+skipped; the CSV lists only files that were analysed.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ChestCTMTLLib.modelio import default_model_dir, load_model
+from ChestCTMTLLib.representation import gray8_to_model, load_gray8
+
+from .data import IMAGE_EXTS
+
+CSV_COLUMNS = ("file", "p_noncovid", "p_covid", "p_cancer", "predicted")
+
+
+def collect_images(inputs: Iterable) -> List[Path]:
+    files: List[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+        else:
+            files.append(p)
+    return files
+
+
+def _unique_stem(stem: str, used: set) -> str:
+    name, n = stem, 2
+    while name in used:
+        name = "%s-%d" % (stem, n)
+        n += 1
+    used.add(name)
+    return name
+
+
+def predict_images(inputs, output, model: Optional[str] = None, threshold: float = 0.5,
+                   progress: bool = True) -> Tuple[int, int]:
+    """Returns (files analysed, files refused)."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    lm = load_model(Path(model) if model else default_model_dir())
+    net, mcfg, rep = lm.model, lm.config, lm.representation
+    tasks = [t for t in ("classification", "segmentation") if t in mcfg.tasks]
+    out_dir = Path(output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = collect_images(inputs)
+    if not files:
+        print("no images found in %s" % list(map(str, inputs)), file=sys.stderr)
+        return 0, 0
+    rows, bad, used = [], 0, set()
+    names = list(mcfg.class_names)
+    for f in tqdm(files, desc="predict", disable=not progress):
+        try:
+            img = load_gray8(f)
+            if min(img.shape) < 8:
+                raise ValueError("image is too small (%s)" % (img.shape,))
+        except (OSError, ValueError) as e:
+            print("skipping %s: %s" % (f, e), file=sys.stderr)
+            bad += 1
+            continue
+        x, geom = gray8_to_model(img, rep)
+        with torch.inference_mode():
+            out = net(x, tasks=tasks)
+        stem = _unique_stem(f.stem, used)
+        if "seg_logits" in out:
+            prob = torch.sigmoid(out["seg_logits"].float()).amax(dim=1, keepdim=True)
+            mask = geom.to_input(prob)[0, 0].numpy() >= threshold
+            png = (mask.astype(np.uint8) * 255)
+            target = out_dir / ("%s_lesion.png" % stem)
+            tmp = target.with_name(target.stem + ".tmp.png")
+            Image.fromarray(png).save(tmp)
+            os.replace(tmp, target)
+        if "class_logits" in out:
+            p = torch.softmax(out["class_logits"][0].float(), 0).numpy()
+            rows.append({"file": str(f), "p_noncovid": "%.6f" % p[names.index("non-covid")],
+                         "p_covid": "%.6f" % p[names.index("covid")],
+                         "p_cancer": "%.6f" % p[names.index("cancer")], "predicted": names[int(p.argmax())]})
+        else:
+            rows.append({"file": str(f), "p_noncovid": "", "p_covid": "", "p_cancer": "", "predicted": ""})
+    target = out_dir / "predictions.csv"
+    tmp = target.with_name("predictions.csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, target)
+    print("%d analysed, %d refused; results in %s" % (len(rows), bad, out_dir))
+    return len(rows), bad

@@ -1,0 +1,71 @@
+"""Helpers shared by the MRML adapter tests: small real CTs and results with known answers.
+
+The node/file mapping is tested with hand-made results (a box of known voxels, findings at
+known RAS positions) on real CT grids, because only a known answer shows that a voxel or a
+millimetre ended up exactly where it belongs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ChestCTMTLLib.results import AnalysisResult, Finding, ModelIdentity
+from ChestCTMTLLib.volume import CTVolume
+
+
+def crop_ct_file(source: Path, target: Path, first: int, count: int, step: int = 1,
+                 rows: Optional[int] = None) -> Path:
+    """A few axial slices of a real CT (every ``step``-th in-plane voxel, optionally only the
+    first ``rows`` rows so that i and j differ and a swapped axis shows), written with ITK."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(source))
+    size = list(image.GetSize())
+    cropped = image[::step, ::step, first:min(first + count, size[2])]
+    if rows is not None:
+        cropped = cropped[:, :rows, :]
+    sitk.WriteImage(cropped, str(target), True)
+    return target
+
+
+def box_finding(volume: CTVolume, fid: str, kind: str, score: float, ijk_min, ijk_max) -> Finding:
+    """A finding whose RAS centre/size are the exact RAS bounds of an IJK box."""
+    lo = np.asarray(ijk_min, float) - 0.5
+    hi = np.asarray(ijk_max, float) + 0.5
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                        for z in (lo[2], hi[2])])
+    ras = volume.ijk_to_ras_points(corners)
+    center = (ras.min(0) + ras.max(0)) / 2
+    size = ras.max(0) - ras.min(0)
+    n_vox = int(np.prod(np.asarray(ijk_max) - np.asarray(ijk_min) + 1))
+    return Finding(id=fid, type=kind, score=score, center_ras=[float(v) for v in center],
+                   size_ras=[float(v) for v in size], ijk_min=list(map(int, ijk_min)),
+                   ijk_max=list(map(int, ijk_max)),
+                   volume_mm3=float(n_vox * np.prod(volume.spacing)))
+
+
+def synthetic_result(volume: CTVolume, findings: Optional[List[Finding]] = None,
+                     probabilities=(0.2, 0.3, 0.5), model_id: str = "test-model") -> AnalysisResult:
+    """Known answers on ``volume``'s grid: one box per lesion type, HU = input - 100 as the
+    reconstruction, the given findings (default: one per box)."""
+    k, j, i = volume.array.shape
+    masks = {"covid-infection": np.zeros((k, j, i), np.uint8),
+             "nodule-mass": np.zeros((k, j, i), np.uint8)}
+    boxes = {"covid-infection": ((i // 4, j // 4, 0), (i // 4 + 9, j // 4 + 7, k - 1)),
+             "nodule-mass": ((i // 2, j // 2, k // 2), (i // 2 + 4, j // 2 + 5, k // 2))}
+    for kind, (lo, hi) in boxes.items():
+        masks[kind][lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = 1
+    if findings is None:
+        findings = [box_finding(volume, "L{}".format(n + 1), kind, 0.9 - 0.2 * n, lo, hi)
+                    for n, (kind, (lo, hi)) in enumerate(boxes.items())]
+    recon = (np.clip(volume.array.astype(np.int32) - 100, -1024, 3071)).astype(np.int16)
+    names = ("non-covid", "covid", "cancer")
+    probs = dict(zip(names, (float(p) for p in probabilities)))
+    return AnalysisResult(
+        volume=volume, class_probabilities=probs,
+        predicted_class=max(probs, key=probs.get), slice_probabilities=None,
+        analysed_slices=np.arange(k), lesion_masks=masks, reconstruction_hu=recon,
+        findings=list(findings), model=ModelIdentity(model_id, "0.0.1", "ab" * 32),
+        timings_s={"read": 0.1, "inference": 1.25}, device="cpu")

@@ -1,0 +1,243 @@
+"""Case folders: every file is read back by slicer-core in a FRESH scene and round-trips; the
+folder appears whole or not at all; case names never collide with existing folders."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from ChestCTMTLLib.results import CLASS_NAMES, FINDINGS_TSV_COLUMNS  # noqa: E402
+from ChestCTMTLLib.volume_io import read_ct  # noqa: E402
+from ChestCTMTLMRML import files, headless, nodes, terminology  # noqa: E402
+from mrml_testutil import crop_ct_file, synthetic_result  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_ct(lidc0002_nifti, tmp_path_factory):
+    path = crop_ct_file(lidc0002_nifti, tmp_path_factory.mktemp("ct") / "small.nii.gz",
+                        first=110, count=6, step=4, rows=100)
+    return read_ct(path)
+
+
+@pytest.fixture(scope="module")
+def written(small_ct, tmp_path_factory):
+    """One case written with an .mrb, shared by the read-back tests (read-only)."""
+    result = synthetic_result(small_ct)
+    out = tmp_path_factory.mktemp("out")
+    case = files.write_case(None, small_ct, result, out / "small", mrb=True,
+                            input_path="/data/small.nii.gz")
+    return case, result
+
+
+@pytest.fixture()
+def fresh():
+    app = headless.HeadlessSlicer()
+    yield app
+    app.close()
+
+
+def _read_volume(app, path):
+    return app.logics["Volumes"].AddArchetypeVolume(str(path), "read", 0)
+
+
+def _nodes_of(scene, class_name):
+    return [scene.GetNthNodeByClass(n, class_name)
+            for n in range(scene.GetNumberOfNodesByClass(class_name))]
+
+
+def test_case_folder_contents(written, small_ct):
+    case, _ = written
+    assert case.name == "small" and case.is_dir()
+    expected = set(files.CASE_FILES) | {"findings.schema.tsv", "small.mrb", files.PREVIEW_FILE}
+    assert set(os.listdir(case)) == expected
+    assert [p.name for p in case.parent.iterdir()] == ["small"], "no temporary leftovers"
+
+
+def test_segmentation_file_round_trips(written, small_ct, fresh):
+    case, result = written
+    scene = fresh.scene
+    reference = nodes.volume_node_from_ct(scene, small_ct, "reference")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "read")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(case / files.SEGMENTATION_FILE))
+    assert storage.ReadData(seg)
+    segmentation = seg.GetSegmentation()
+    assert sorted(segmentation.GetSegmentIDs()) == sorted(result.lesion_masks)
+    for lesion_type, mask in result.lesion_masks.items():
+        segment = segmentation.GetSegment(lesion_type)
+        assert segment.GetName() == lesion_type
+        assert segment.GetTerminology() == terminology.lesion_term(lesion_type).entry
+        np.testing.assert_array_equal(nodes.segment_mask_array(seg, lesion_type, reference), mask)
+
+
+def test_reconstruction_file_round_trips(written, small_ct, fresh):
+    case, result = written
+    volume = _read_volume(fresh, case / files.RECONSTRUCTION_FILE)
+    np.testing.assert_allclose(nodes.ijk_to_ras_of(volume), small_ct.ijk_to_ras, atol=1e-5)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), result.reconstruction_hu)
+
+
+def test_one_markups_file_loads_as_one_roi_per_finding(written, fresh):
+    case, result = written
+    with open(case / files.MARKUPS_FILE, encoding="utf-8") as handle:
+        doc = json.load(handle)
+    assert [m["type"] for m in doc["markups"]] == ["ROI"] * len(result.findings)
+    fresh.logics["Markups"].LoadMarkups(str(case / files.MARKUPS_FILE), "findings")
+    rois = _nodes_of(fresh.scene, "vtkMRMLMarkupsROINode")
+    assert len(rois) == len(result.findings) == 2
+    for roi, finding in zip(rois, result.findings):
+        assert roi.GetName() == nodes.roi_name(finding)
+        center = [0.0, 0.0, 0.0]
+        roi.GetCenter(center)
+        np.testing.assert_allclose(center, finding.center_ras, atol=1e-3)
+        np.testing.assert_allclose(roi.GetSize(), finding.size_ras, atol=1e-3)
+        assert roi.GetLocked()
+
+
+def test_findings_tsv_exact_columns_and_rows(written, fresh):
+    case, result = written
+    with open(case / files.FINDINGS_FILE, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    assert rows[0] == list(FINDINGS_TSV_COLUMNS)
+    assert len(rows) == 1 + len(result.findings)
+    for row, finding in zip(rows[1:], result.findings):
+        expected = finding.row()
+        for column, value in zip(FINDINGS_TSV_COLUMNS, row):
+            if column in ("id", "type"):
+                assert value == expected[column]
+            else:
+                assert float(value) == pytest.approx(expected[column])
+    # Slicer's own table reader reads it back with numeric columns.
+    table = fresh.scene.AddNewNodeByClass("vtkMRMLTableNode", "tsv")
+    storage = table.CreateDefaultStorageNode()
+    storage.SetFileName(str(case / files.FINDINGS_FILE))
+    assert storage.ReadData(table)
+    assert table.GetTable().GetNumberOfRows() == len(result.findings)
+    assert table.GetTable().GetColumnByName("score").IsNumeric()
+
+
+def test_report_json_schema(written, small_ct):
+    case, result = written
+    with open(case / files.REPORT_FILE, encoding="utf-8") as handle:
+        report = json.load(handle)
+    assert {"classification", "predicted_class", "findings", "model", "timings_s",
+            "input"} <= set(report)
+    assert list(report["classification"]) == list(CLASS_NAMES)
+    assert sum(report["classification"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert report["predicted_class"] == max(report["classification"],
+                                            key=report["classification"].get)
+    assert report["findings"] == [f.row() for f in result.findings]
+    assert all(list(f) == list(FINDINGS_TSV_COLUMNS) for f in report["findings"])
+    assert set(report["model"]) == {"id", "version", "sha256"}
+    assert all(isinstance(v, float) for v in report["timings_s"].values())
+    geometry = small_ct.geometry_dict()
+    assert report["input"]["path"] == "/data/small.nii.gz"
+    assert report["input"]["size"] == geometry["size"] == [128, 100, 6]
+    for key in ("spacing", "origin", "direction"):
+        assert report["input"][key] == pytest.approx(geometry[key])
+
+
+def test_mrb_opens_with_input_and_all_results(written, small_ct, fresh):
+    case, result = written
+    scene = fresh.scene
+    assert scene.ReadFromMRB(str(case / "small.mrb"))
+    volume = scene.GetFirstNodeByName("small")
+    assert volume is not None and volume.IsA("vtkMRMLScalarVolumeNode")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), small_ct.array)
+    np.testing.assert_allclose(nodes.ijk_to_ras_of(volume), small_ct.ijk_to_ras, atol=1e-5)
+    found = nodes.find_result_nodes(scene, volume)
+    assert found is not None, "the results folder must be found again after loading"
+    assert len(found.rois) == len(result.findings)
+    assert found.reconstruction is not None and found.table is not None
+    assert found.rois[0].GetAttribute(nodes.STATUS_ATTR) == nodes.STATUS_UNREVIEWED
+    for lesion_type, mask in result.lesion_masks.items():
+        np.testing.assert_array_equal(
+            nodes.segment_mask_array(found.segmentation, lesion_type, volume), mask)
+    sh = scene.GetSubjectHierarchyNode()
+    assert sh.GetItemAttribute(found.folder_item, nodes.PREDICTED_CLASS_ATTR) == "cancer"
+
+
+def test_case_names_never_collide(tmp_path, small_ct):
+    (tmp_path / "other-case").mkdir()
+    (tmp_path / "other-case" / "report.json").write_text("{}")
+    result = synthetic_result(small_ct)
+    made = []
+    for _ in range(3):
+        case_dir = files.case_dir_for(tmp_path, "small")
+        made.append(files.write_case(None, small_ct, result, case_dir).name)
+    assert made == ["small", "small-2", "small-3"]
+    assert (tmp_path / "other-case" / "report.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-case", "small", "small-2",
+                                                          "small-3"]
+    with pytest.raises(FileExistsError):
+        files.write_case(None, small_ct, result, tmp_path / "small")
+
+
+@pytest.mark.parametrize("break_at,mrb", [("write_findings_tsv", False),
+                                          ("write_markups_file", True),
+                                          ("write_preview", False)])
+def test_failure_leaves_no_folder_and_scene_unchanged(tmp_path, small_ct, monkeypatch, break_at,
+                                                      mrb):
+    app = headless.HeadlessSlicer()
+    try:
+        scene = app.scene
+        count = scene.GetNumberOfNodes()
+
+        def broken(*args, **kwargs):
+            raise OSError("No space left on device")
+
+        monkeypatch.setattr(files, break_at, broken)
+        with pytest.raises(OSError, match="No space"):
+            files.write_case(scene, small_ct, synthetic_result(small_ct), tmp_path / "small",
+                             mrb=mrb)
+        assert list(tmp_path.iterdir()) == [], "no partial or temporary folder may remain"
+        assert scene.GetNumberOfNodes() == count
+    finally:
+        app.close()
+
+
+def test_shared_scene_and_volume_node_input(tmp_path, small_ct):
+    """In Slicer the batch builds in slicer.mrmlScene: the scene must end as it began, and a
+    volume node (with its own reviewed results) is copied, never touched."""
+    app = headless.HeadlessSlicer()
+    try:
+        scene = app.scene
+        volume = nodes.volume_node_from_ct(scene, small_ct, "small")
+        existing = nodes.create_result_nodes(scene, volume, synthetic_result(small_ct))
+        ids = sorted(scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes()))
+        case = files.write_case(scene, volume, synthetic_result(small_ct), tmp_path / "small")
+        assert sorted(scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())) == ids
+        assert nodes.find_result_nodes(scene, volume).folder_item == existing.folder_item
+        assert (case / files.SEGMENTATION_FILE).is_file()
+    finally:
+        app.close()
+
+
+def test_preview_is_optional_and_in_the_segment_colours(tmp_path, small_ct):
+    from matplotlib.image import imread
+
+    result = synthetic_result(small_ct)
+    without = files.write_case(None, small_ct, result, tmp_path / "plain", preview=False)
+    assert files.PREVIEW_FILE not in os.listdir(without)
+    case = files.write_case(None, small_ct, result, tmp_path / "small")
+    image = imread(str(case / files.PREVIEW_FILE))[..., :3]
+    for lesion_type in result.lesion_masks:  # some pixels carry Slicer's colour exactly
+        colour = np.asarray(terminology.lesion_term(lesion_type).color)
+        assert (np.abs(image - colour).max(axis=-1) < 0.03).sum() > 20, lesion_type
+
+
+def test_no_findings_gives_empty_but_valid_files(tmp_path, small_ct, fresh):
+    result = synthetic_result(small_ct, findings=[])
+    case = files.write_case(None, small_ct, result, tmp_path / "small")
+    with open(case / files.MARKUPS_FILE, encoding="utf-8") as handle:
+        assert json.load(handle)["markups"] == []
+    with open(case / files.FINDINGS_FILE, encoding="utf-8") as handle:
+        assert handle.read().strip().split("\t") == list(FINDINGS_TSV_COLUMNS)
+    fresh.logics["Markups"].LoadMarkups(str(case / files.MARKUPS_FILE), "findings")
+    assert fresh.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == 0

@@ -1,0 +1,189 @@
+"""``chestctmtl analyze`` and Scripts/batch_analyze.py end to end: real CTs (a NIfTI crop and a
+DICOM series), an untrained model folder, real files read back by slicer-core."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+pytest.importorskip("torch")
+
+from ChestCTMTLLib import modelio  # noqa: E402
+from ChestCTMTLLib.volume_io import read_ct  # noqa: E402
+from ChestCTMTLMRML import cli, files, headless, nodes  # noqa: E402
+from mrml_testutil import crop_ct_file  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "ChestCTMTL" / "Scripts" / "batch_analyze.py"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return modelio.create_untrained_model_folder(tmp_path_factory.mktemp("model") / "model")
+
+
+@pytest.fixture(scope="module")
+def small_nifti(lidc0002_nifti, tmp_path_factory):
+    return crop_ct_file(lidc0002_nifti, tmp_path_factory.mktemp("nifti") / "small.nii.gz",
+                        first=110, count=6, step=4)
+
+
+@pytest.fixture(scope="module")
+def dicom_subset(lidc0001_dicom_dir, tmp_path_factory):
+    """Eight consecutive slices of the real LIDC-IDRI-0001 series, in a folder of that name."""
+    import SimpleITK as sitk
+
+    ordered = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(lidc0001_dicom_dir))
+    folder = tmp_path_factory.mktemp("dicom") / "LIDC-IDRI-0001"
+    folder.mkdir()
+    for name in ordered[60:68]:
+        shutil.copy(name, folder / Path(name).name)
+    return folder
+
+
+def _assert_case(case: Path, source, model_dir) -> None:
+    ct = read_ct(source)
+    assert {p.name for p in case.iterdir()} >= set(files.CASE_FILES)
+    report = json.loads((case / files.REPORT_FILE).read_text())
+    assert sum(report["classification"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert report["input"]["size"] == list(ct.size_ijk)
+    assert report["input"]["origin"] == pytest.approx(ct.geometry_dict()["origin"])
+    app = headless.HeadlessSlicer()
+    try:
+        recon = app.logics["Volumes"].AddArchetypeVolume(
+            str(case / files.RECONSTRUCTION_FILE), "recon", 0)
+        np.testing.assert_allclose(nodes.ijk_to_ras_of(recon), ct.ijk_to_ras, atol=1e-4)
+        assert slicer.util.arrayFromVolume(recon).shape == ct.array.shape
+        seg = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(case / files.SEGMENTATION_FILE))
+        assert storage.ReadData(seg)
+        lesion_types = modelio.read_card(model_dir)["lesion_types"]
+        assert sorted(seg.GetSegmentation().GetSegmentIDs()) == sorted(lesion_types)
+        reference = nodes.volume_node_from_ct(app.scene, ct, "reference")
+        for lesion_type in lesion_types:  # the masks sit on the input's grid
+            assert nodes.segment_mask_array(seg, lesion_type, reference).shape == ct.array.shape
+    finally:
+        app.close()
+
+
+def test_analyze_nifti_and_dicom(tmp_path, model_dir, small_nifti, dicom_subset, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["analyze", str(small_nifti), str(dicom_subset), "--output", str(out),
+                     "--model", str(model_dir), "--device", "cpu", "--mrb", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_OK, captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["LIDC-IDRI-0001", "small"]
+    _assert_case(out / "small", small_nifti, model_dir)
+    _assert_case(out / "LIDC-IDRI-0001", dicom_subset, model_dir)
+    assert (out / "small" / "small.mrb").is_file()
+    for case in ("small", "LIDC-IDRI-0001"):
+        assert (out / case / files.PREVIEW_FILE).stat().st_size > 5000
+    assert "2 inputs analysed, 0 failed" in captured.out
+
+
+def test_bad_input_is_skipped_without_a_folder(tmp_path, model_dir, small_nifti, capsys):
+    out = tmp_path / "out"
+    (out / "earlier-case").mkdir(parents=True)
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    empty_dicom = tmp_path / "empty-series"
+    empty_dicom.mkdir()
+    code = cli.main(["analyze", str(bad), str(small_nifti), str(empty_dicom), "--output",
+                     str(out), "--model", str(model_dir), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_SOME_FAILED
+    assert sorted(p.name for p in out.iterdir()) == ["earlier-case", "small"]
+    assert "broken.nii.gz" in captured.err and "empty-series" in captured.err
+    assert "1 input analysed, 2 failed" in captured.out
+    assert "[empty-dicom-folder]" in captured.out
+
+
+def test_collisions_with_existing_cases(tmp_path, model_dir, small_nifti):
+    out = tmp_path / "out"
+    args = ["analyze", str(small_nifti), "--output", str(out), "--model", str(model_dir),
+            "--device", "cpu", "--no-progress"]
+    assert cli.main(args) == 0
+    first = (out / "small" / files.REPORT_FILE).read_text()
+    assert cli.main(args + ["--no-preview"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["small", "small-2"]
+    assert (out / "small" / files.REPORT_FILE).read_text() == first
+    assert (out / "small" / files.PREVIEW_FILE).is_file()
+    assert not (out / "small-2" / files.PREVIEW_FILE).exists()
+
+
+def test_model_problems_stop_before_any_work(tmp_path, small_nifti, monkeypatch, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["analyze", str(small_nifti), "--output", str(out), "--model",
+                     str(tmp_path / "no-such-model")])
+    assert code == cli.EXIT_CANNOT_START
+    assert "model" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+
+    def no_bundled_model():
+        raise modelio.ModelLoadError("no bundled model yet: pass --model DIR")
+
+    monkeypatch.setattr(modelio, "default_model_dir", no_bundled_model)
+    code = cli.main(["analyze", str(small_nifti), "--output", str(out)])
+    assert code == cli.EXIT_CANNOT_START
+    assert "no bundled model" in capsys.readouterr().err
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "ChestCTMTL"), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def test_batch_script_runs_alone(tmp_path, model_dir, small_nifti):
+    out = tmp_path / "out"
+    bad = tmp_path / "missing.nrrd"
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the script must find its packages from its own location
+    env.setdefault("OMP_NUM_THREADS", "2")
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--input", str(small_nifti), str(bad), "--output", str(out),
+         "--model", str(model_dir), "--device", "cpu", "--mrb", "--no-progress"],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["small"]
+    assert {p.name for p in (out / "small").iterdir()} >= set(files.CASE_FILES) | {"small.mrb"}
+    assert "missing.nrrd" in run.stderr
+    app = headless.HeadlessSlicer()
+    try:
+        assert app.scene.ReadFromMRB(str(out / "small" / "small.mrb"))
+        volume = app.scene.GetFirstNodeByName("small")
+        assert nodes.find_result_nodes(app.scene, volume) is not None
+    finally:
+        app.close()
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "ChestCTMTLMRML", "analyze", "--help"],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0
+    assert "--output" in run.stdout and "--mrb" in run.stdout and "--no-preview" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "ChestCTMTLMRML", "analyze"], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "--output" in run.stderr
+
+
+def test_unavailable_device_stops_before_any_work(tmp_path, model_dir, small_nifti, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present, so --device cuda is available here")
+    out = tmp_path / "out"
+    code = cli.main(["analyze", str(small_nifti), "--output", str(out), "--model",
+                     str(model_dir), "--device", "cuda"])
+    assert code == cli.EXIT_CANNOT_START
+    assert "cuda" in capsys.readouterr().err.lower()
+    assert not out.exists()

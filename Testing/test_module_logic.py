@@ -1,0 +1,542 @@
+"""The Slicer module (ChestCTMTL.py) on real MRML and real CT slices, headless.
+
+``ChestCTMTL.py`` is imported unchanged; only Slicer's Qt/application layer is stood in
+(Testing/slicer_standins.py). The Logic runs an untrained model (plumbing, not accuracy) on
+LIDC-IDRI-0001 slices read by Slicer's own DICOM reader; the review tests use results with known
+answers (mrml_testutil.synthetic_result) on that real grid, because only a known answer shows
+that a recomputed lesion volume is right.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+import slicer_standins  # noqa: E402
+
+slicer_standins.install()
+
+from ChestCTMTLLib import errors  # noqa: E402
+from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES  # noqa: E402
+from ChestCTMTLMRML import headless, nodes, review  # noqa: E402
+
+import ChestCTMTL as module  # noqa: E402
+from mrml_testutil import synthetic_result  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_FILE = REPO / "ChestCTMTL" / "ChestCTMTL.py"
+UI_FILE = REPO / "ChestCTMTL" / "Resources" / "UI" / "ChestCTMTL.ui"
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture()
+def scene():
+    scene = headless.get_scene()
+    scene.Clear(False)
+    yield scene
+    scene.Clear(False)
+
+
+@pytest.fixture(scope="module")
+def lidc_files(lidc0001_dicom_dir):
+    from ChestCTMTLLib.volume_io import find_dicom_series
+
+    series = find_dicom_series(lidc0001_dicom_dir)
+    assert series and len(series[0][1]) == 133
+    return series[0][1]
+
+
+def load_slices(files, first: int, count: int, name: str):
+    """Real DICOM slices read by Slicer's own reader (the Volumes logic)."""
+    names = files[first:first + count]
+    array = vtk.vtkStringArray()
+    for n in names:
+        array.InsertNextValue(n)
+    node = headless.get_logic("Volumes").AddArchetypeVolume(names[0], name, 0, array)
+    assert node is not None and node.GetImageData() is not None
+    return node
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from ChestCTMTLLib import modelio
+
+    return modelio.create_untrained_model_folder(tmp_path_factory.mktemp("model") / "m", seed=0)
+
+
+def counts(scene):
+    sh = scene.GetSubjectHierarchyNode()
+    items = vtk.vtkIdList()
+    sh.GetItemChildren(sh.GetSceneItemID(), items, True)
+    return scene.GetNumberOfNodes(), items.GetNumberOfIds()
+
+
+def matrix(node):
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+# ------------------------------------------------------------------ import, metadata, UI
+def test_module_imports_headless_and_describes_itself(scene):
+    stand_ins = slicer_standins.install()
+    assert stand_ins["slicer.ScriptedLoadableModule"], "the real module would need Qt here"
+    parent = SimpleNamespace(path=str(MODULE_FILE))
+    module.ChestCTMTL(parent)
+    assert parent.title and parent.categories == ["Segmentation"]
+    assert "research use only" in parent.helpText.lower()
+    assert parent.contributors and parent.acknowledgementText.strip()
+    assert "ChestCTMTL" in slicer.selfTests
+    # The Logic must not depend on the module being registered in slicer.modules.
+    assert not hasattr(slicer.modules, "chestctmtl")
+    assert isinstance(module.ChestCTMTLLogic(), slicer.ScriptedLoadableModule.ScriptedLoadableModuleLogic)
+
+
+def test_module_file_stays_python39_and_template_shaped():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    first = tree.body[1] if isinstance(tree.body[0], ast.Expr) else tree.body[0]
+    assert isinstance(first, ast.ImportFrom) and first.module == "__future__"
+    for path in (MODULE_FILE, REPO / "ChestCTMTL" / "ChestCTMTLMRML" / "review.py"):
+        ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))  # Slicer 5.8's Python
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {"qt", "ctk", "vtk", "slicer"} <= imported
+    assert "from slicer.ScriptedLoadableModule import *" in source
+    top_level_imports = {a.name.split(".")[0] for n in tree.body if isinstance(n, (ast.Import,))
+                         for a in n.names}
+    assert "torch" not in top_level_imports, "torch must be imported lazily (after the install offer)"
+
+
+def _ui_widgets():
+    root = ET.parse(UI_FILE).getroot()
+    widgets = {}
+    for w in root.iter("widget"):
+        props = {p.get("name"): p for p in w.findall("property")}
+        widgets[w.get("name")] = (w.get("class"), props)
+    return widgets
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui_file():
+    widgets = _ui_widgets()
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
+    assert len(used) > 15  # the regex does see the widget uses
+    missing = sorted(used - set(widgets))
+    assert not missing, "ChestCTMTL.py uses widgets missing from ChestCTMTL.ui: {}".format(missing)
+
+
+def test_ui_file_is_a_loadable_module_panel():
+    root = ET.parse(UI_FILE).getroot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "ChestCTMTL"
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used if not c.startswith("Q")} <= declared
+    connection = root.find("connections/connection")
+    assert (connection.findtext("signal"), connection.findtext("receiver")) == \
+        ("mrmlSceneChanged(vtkMRMLScene*)", "inputVolumeSelector")
+
+
+def test_ui_parameter_bindings_match_the_parameter_node():
+    """Each SlicerParameterName names a parameter, on a widget Slicer can connect to its type."""
+    connectable = {bool: {"QCheckBox", "QPushButton"}, float: {"ctkSliderWidget", "QDoubleSpinBox"},
+                   str: {"QComboBox", "QLineEdit"}}
+    params = module.ChestCTMTLParameterNode.allParameters
+    bound = {}
+    for name, (cls, props) in _ui_widgets().items():
+        if "SlicerParameterName" in props:
+            bound[props["SlicerParameterName"].find("string").text] = cls
+    assert set(bound) <= set(params)
+    assert {"inputVolume", "device", "createSegmentation", "createReconstruction",
+            "createDetections", "scoreThreshold"} <= set(bound)
+    assert bound["inputVolume"] == "qMRMLNodeComboBox"
+    for name, cls in bound.items():
+        default = params[name].default
+        if isinstance(default, (bool, float, str)):
+            assert cls in connectable[type(default)], (name, cls)
+    node_types = [s.text for s in _ui_widgets()["inputVolumeSelector"][1]["nodeTypes"].iter("string")]
+    assert node_types == ["vtkMRMLScalarVolumeNode"]
+
+
+def test_parameter_node_persists_choices_in_the_scene(scene, lidc_files, tmp_path):
+    volume = load_slices(lidc_files, 60, 4, "CT")
+    logic = module.ChestCTMTLLogic()
+    p = logic.getParameterNode()
+    assert (p.device, p.createSegmentation, p.createReconstruction, p.createDetections) == \
+        ("auto", True, True, True)
+    assert p.scoreThreshold == pytest.approx(module.DEFAULT_SCORE_THRESHOLD)
+    p.inputVolume, p.device, p.createReconstruction, p.scoreThreshold = volume, "cpu", False, 0.55
+    with pytest.raises(ValueError):
+        p.device = "tpu"
+    with pytest.raises(ValueError):
+        p.scoreThreshold = 1.5
+    assert logic.getParameterNode().parameterNode is p.parameterNode  # singleton
+    path = tmp_path / "params.mrb"
+    assert scene.WriteToMRB(str(path))
+    scene.Clear(False)
+    assert scene.ReadFromMRB(str(path))
+    q = module.ChestCTMTLLogic().getParameterNode()
+    assert q.inputVolume is not None and q.inputVolume.GetName() == "CT"
+    assert (q.device, q.createReconstruction, q.scoreThreshold) == ("cpu", False, 0.55)
+
+
+def test_input_problems_are_specific(scene, lidc_files):
+    logic = module.ChestCTMTLLogic()
+    assert "Select" in logic.inputProblem(None)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    assert "no voxels" in logic.inputProblem(empty)
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    assert "label map" in logic.inputProblem(label)
+    flat = slicer.util.addVolumeFromArray(np.zeros((1, 64, 64), np.int16), name="flat")
+    assert "2D" in logic.inputProblem(flat)
+    not_ct = slicer.util.addVolumeFromArray(np.full((8, 128, 128), 7, np.int16), name="noise",
+                                            ijkToRAS=np.diag([1.0, 1.0, 1.0, 1.0]))
+    assert logic.inputProblem(not_ct) is None  # quick checks pass ...
+    assert "cannot be analysed" in logic.inputProblem(not_ct, thorough=True)  # ... HU check fails
+    ct = load_slices(lidc_files, 60, 4, "CT")
+    assert logic.inputProblem(ct, thorough=True) is None
+    with pytest.raises(errors.InputError):
+        logic.process(empty, interactive=False)
+
+
+# ------------------------------------------------------------------ analysis into the scene
+def test_process_creates_results_on_the_input_grid(scene, lidc_files, model_dir):
+    volume = load_slices(lidc_files, 58, 8, "LIDC-IDRI-0001")
+    voxels = np.array(slicer.util.arrayFromVolume(volume), copy=True)
+    geometry = matrix(volume)
+    logic = module.ChestCTMTLLogic()
+    stages = []
+    result_nodes = logic.process(volume, model=str(model_dir), device="cpu", interactive=False,
+                                 progressCallback=lambda f, s: stages.append((f, s)))
+    assert stages[-1][0] == 1.0 and [f for f, _ in stages] == sorted(f for f, _ in stages)
+    sh = scene.GetSubjectHierarchyNode()
+    assert sh.GetItemName(result_nodes.folder_item) == "ChestCTMTL \u2013 LIDC-IDRI-0001"
+    assert sh.GetItemParent(result_nodes.folder_item) == sh.GetSceneItemID()
+    predicted = sh.GetItemAttribute(result_nodes.folder_item, nodes.PREDICTED_CLASS_ATTR)
+    probs = {c: float(sh.GetItemAttribute(result_nodes.folder_item, nodes.PROBABILITY_ATTR_PREFIX + c))
+             for c in CLASS_NAMES}
+    assert predicted == max(probs, key=probs.get)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+    assert sh.GetItemAttribute(result_nodes.folder_item, nodes.MODEL_ID_ATTR) == "untrained-fast-seed0"
+
+    seg = result_nodes.segmentation
+    assert seg.IsA("vtkMRMLSegmentationNode") and seg.GetName() == "LIDC-IDRI-0001 lesions"
+    segmentation = seg.GetSegmentation()
+    assert {segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())} \
+        == set(LESION_TYPES)
+    for lesion_type in LESION_TYPES:
+        segment = segmentation.GetSegment(lesion_type)
+        assert "SCT^" in segment.GetTerminology()
+        mask = nodes.segment_mask_array(seg, lesion_type, volume)
+        assert mask.shape == voxels.shape
+    display = seg.GetDisplayNode()
+    assert display.GetVisibility2DFill() and display.GetVisibility2DOutline()
+
+    recon = result_nodes.reconstruction
+    assert recon.IsA("vtkMRMLScalarVolumeNode") and not recon.IsA("vtkMRMLLabelMapVolumeNode")
+    np.testing.assert_allclose(matrix(recon), geometry, atol=1e-9)
+    assert slicer.util.arrayFromVolume(recon).shape == voxels.shape
+    assert result_nodes.table.IsA("vtkMRMLTableNode")
+    assert result_nodes.table.GetNumberOfRows() == len(result_nodes.rois)
+    assert logic.resultNodes(volume).segmentation is seg
+    summary = logic.resultsSummary(volume)
+    assert summary["predicted_class"] == predicted and set(summary["probabilities"]) == set(CLASS_NAMES)
+    # V is never modified
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), voxels)
+    np.testing.assert_array_equal(matrix(volume), geometry)
+
+
+def test_switched_off_results_are_not_created(scene, lidc_files, model_dir):
+    volume = load_slices(lidc_files, 58, 6, "CT")
+    result_nodes = module.ChestCTMTLLogic().process(
+        volume, model=model_dir, device="cpu", interactive=False, createSegmentation=False,
+        createReconstruction=False, createDetections=False)
+    assert result_nodes.segmentation is None and result_nodes.reconstruction is None
+    assert result_nodes.rois == [] and result_nodes.table.GetNumberOfRows() == 0
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_rerun_replaces_only_that_volumes_results(scene, lidc_files, model_dir):
+    logic = module.ChestCTMTLLogic()
+    a = load_slices(lidc_files, 58, 6, "A")
+    b = load_slices(lidc_files, 70, 6, "B")
+    first_a = logic.process(a, model=model_dir, device="cpu", interactive=False)
+    results_b = logic.process(b, model=model_dir, device="cpu", interactive=False)
+    before = counts(scene)
+    with pytest.raises(module.ResultsExistError):  # no replace, no dialog: refused up front
+        logic.process(a, model=model_dir, device="cpu", interactive=False)
+    with pytest.raises(module.ResultsExistError):  # interactive, but there is no GUI to ask
+        logic.process(a, model=model_dir, device="cpu", interactive=True)
+    assert counts(scene) == before
+    old_ids = [n.GetID() for n in first_a.data_nodes()]
+    second_a = logic.process(a, model=model_dir, device="cpu", interactive=False, replace=True)
+    assert counts(scene) == before  # same results, new nodes
+    assert all(scene.GetNodeByID(i) is None for i in old_ids)
+    assert all(scene.GetNodeByID(n.GetID()) is n for n in results_b.data_nodes())
+    folders = [r for r in nodes.find_all_result_nodes(scene) if r.input_volume is a]
+    assert len(folders) == 1 and folders[0].segmentation is second_a.segmentation
+    assert logic.resultNodes(b).segmentation is results_b.segmentation
+
+
+def test_cancel_and_failures_leave_the_scene_unchanged(scene, lidc_files, model_dir, tmp_path,
+                                                       monkeypatch):
+    logic = module.ChestCTMTLLogic()
+    volume = load_slices(lidc_files, 58, 6, "CT")
+    previous = logic.process(volume, model=model_dir, device="cpu", interactive=False)
+    voxels = np.array(slicer.util.arrayFromVolume(volume), copy=True)
+    before = counts(scene)
+
+    stop = threading.Event()
+
+    def progress(fraction, stage):
+        if fraction >= 0.1:  # cancel once slices are being analysed
+            stop.set()
+
+    with pytest.raises(errors.Cancelled):
+        logic.process(volume, model=model_dir, device="cpu", interactive=False, replace=True,
+                      progressCallback=progress, cancel=stop)
+    assert counts(scene) == before
+
+    with pytest.raises(errors.ModelError):  # missing model folder
+        logic.process(volume, model=tmp_path / "missing", device="cpu", interactive=False, replace=True)
+    assert counts(scene) == before
+
+    from ChestCTMTLLib import modelio
+
+    corrupt = modelio.create_untrained_model_folder(tmp_path / "corrupt", seed=1)
+    weights = corrupt / modelio.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(errors.ModelError):  # checksum mismatch
+        logic.process(volume, model=corrupt, device="cpu", interactive=False, replace=True)
+    assert counts(scene) == before
+
+    # a failure while building nodes, after the segmentation exists: all of it is rolled back
+    real_build = nodes._build_reconstruction
+
+    def failing_build(*args, **kwargs):
+        real_build(*args, **kwargs)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(nodes, "_build_reconstruction", failing_build)
+    with pytest.raises(RuntimeError, match="disk full"):
+        logic.process(volume, model=model_dir, device="cpu", interactive=False, replace=True)
+    assert counts(scene) == before
+    assert logic.resultNodes(volume).segmentation is previous.segmentation
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), voxels)
+
+
+def test_background_job_reports_progress_and_cancels(scene, lidc_files, model_dir):
+    logic = module.ChestCTMTLLogic()
+    volume = load_slices(lidc_files, 58, 6, "CT")
+    ct = logic.volumeToCT(volume)
+    job = logic.startAnalysis(ct, model=str(model_dir), device="cpu", scoreThreshold=0.5)
+    assert job.wait(600)
+    assert job.error is None, job.traceback
+    assert job.progress[0] == 1.0 and job.result.predicted_class in CLASS_NAMES
+    before = counts(scene)
+    created = logic.createResultNodes(volume, job.result)
+    assert created.segmentation is not None and counts(scene) != before
+
+    job = logic.startAnalysis(ct, model=str(model_dir), device="cpu")
+    job.cancel()
+    assert job.wait(600) and isinstance(job.error, errors.Cancelled) and job.result is None
+
+
+# ------------------------------------------------------------------ review sessions
+@pytest.fixture()
+def reviewed_case(scene, lidc_files):
+    """Known results (two boxes, two findings) on real CT slices, put in the scene by the Logic."""
+    volume = load_slices(lidc_files, 60, 6, "LIDC review")
+    logic = module.ChestCTMTLLogic()
+    ct = logic.volumeToCT(volume)
+    result = synthetic_result(ct)
+    result_nodes = logic.createResultNodes(volume, result)
+    return volume, logic, result, result_nodes
+
+
+def _roi(result_nodes, finding_id):
+    return next(r for r in result_nodes.rois if r.GetAttribute(nodes.ID_ATTR) == finding_id)
+
+
+def test_finding_status_sets_attributes_colour_and_table(reviewed_case):
+    volume, logic, result, result_nodes = reviewed_case
+    roi = _roi(result_nodes, "L1")
+    assert logic.findingReview(roi) == ("unreviewed", "")
+    original = roi.GetDisplayNode().GetColor()
+    logic.setFindingStatus(roi, "accepted", "solid, 8 mm")
+    assert roi.GetAttribute("ChestCTMTL.status") == "accepted"
+    assert roi.GetAttribute("ChestCTMTL.note") == "solid, 8 mm"
+    assert roi.GetDisplayNode().GetColor() == pytest.approx(review.STATUS_COLORS["accepted"])
+    table = result_nodes.table
+    row = [table.GetCellText(r, table.GetColumnIndex("id")) for r in range(table.GetNumberOfRows())].index("L1")
+    assert table.GetCellText(row, table.GetColumnIndex("status")) == "accepted"
+    assert table.GetCellText(row, table.GetColumnIndex("note")) == "solid, 8 mm"
+    logic.setFindingStatus(roi, "uncertain")  # note kept when not given
+    assert logic.findingReview(roi) == ("uncertain", "solid, 8 mm")
+    logic.setFindingStatus(roi, "unreviewed", "")
+    assert roi.GetDisplayNode().GetColor() == pytest.approx(original)
+    with pytest.raises(review.ReviewError):
+        logic.setFindingStatus(roi, "maybe")
+    with pytest.raises(review.ReviewError):
+        logic.setFindingStatus(result_nodes.table, "accepted")
+    assert logic.findingReview(roi) == ("unreviewed", "")
+    summary = logic.resultsSummary(volume)
+    assert [f["id"] for f in summary["findings"]] == ["L1", "L2"]  # by score
+
+
+def test_review_survives_save_close_load(reviewed_case, scene, tmp_path):
+    volume, logic, result, result_nodes = reviewed_case
+    logic.setFindingStatus(_roi(result_nodes, "L1"), "accepted", "typical nodule")
+    logic.setFindingStatus(_roi(result_nodes, "L2"), "rejected", "vessel, \"not\" a lesion | sure")
+    paths = logic.saveReview(volume, tmp_path / "out" / "case.mrb")
+    assert set(paths) == {"mrb", "json", "markdown", "csv"}
+    for p in paths.values():
+        assert p.is_file() and p.stat().st_size > 0
+    assert not [p for p in paths["mrb"].parent.iterdir() if p.name.startswith(".")]  # no temp left
+
+    scene.Clear(False)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == 0
+    assert scene.ReadFromMRB(str(paths["mrb"]))
+    state = logic.loadReview()
+    by_id = {scene.GetNodeByID(k).GetAttribute(nodes.ID_ATTR): v for k, v in state.items()}
+    assert by_id == {"L1": ("accepted", "typical nodule"),
+                     "L2": ("rejected", "vessel, \"not\" a lesion | sure")}
+    loaded_volume = slicer.util.getFirstNodeByClassByName("vtkMRMLScalarVolumeNode", "LIDC review")
+    summary = logic.resultsSummary(loaded_volume)
+    assert {f["id"]: f["status"] for f in summary["findings"]} == {"L1": "accepted", "L2": "rejected"}
+    roi = next(r for r in logic.resultNodes(loaded_volume).rois if r.GetAttribute(nodes.ID_ATTR) == "L2")
+    assert roi.GetDisplayNode().GetColor() == pytest.approx(review.STATUS_COLORS["rejected"])
+    assert roi.GetLocked()
+
+
+def test_report_contents_and_volumes_follow_an_edited_segmentation(reviewed_case, tmp_path):
+    volume, logic, result, result_nodes = reviewed_case
+    voxel_mm3 = float(np.prod(result.volume.spacing))
+    logic.setFindingStatus(_roi(result_nodes, "L2"), "uncertain", "check prior")
+    paths = logic.saveReview(volume, tmp_path / "before.mrb")
+    report = json.loads(paths["json"].read_text())
+    masks = result.lesion_masks
+    expected = {k: float(m.sum()) * voxel_mm3 for k, m in masks.items()}
+    assert report["lesion_volumes_mm3"] == pytest.approx(expected, abs=0.1)
+    assert report["verdict"] == result.predicted_class
+    assert report["probabilities"] == pytest.approx(result.class_probabilities)
+    assert report["model"] == result.model.to_dict()
+    assert report["research_use_only"] is True and report["date"][:2] == "20"
+    findings = {f["id"]: f for f in report["findings"]}
+    assert findings["L2"]["status"] == "uncertain" and findings["L2"]["note"] == "check prior"
+    assert findings["L1"]["status"] == "unreviewed"
+    for f in result.findings:
+        assert findings[f.id]["volume_mm3_detected"] == pytest.approx(f.volume_mm3, abs=0.1)
+        assert findings[f.id]["volume_mm3_segmentation"] == pytest.approx(
+            masks[f.type].sum() * voxel_mm3, abs=0.1)
+    assert report["review_counts"] == {"accepted": 0, "rejected": 0, "uncertain": 1, "unreviewed": 1}
+    md = paths["markdown"].read_text()
+    assert "Research use only" in md and "check prior" in md and result.predicted_class in md
+    csv_rows = paths["csv"].read_text().splitlines()
+    assert csv_rows[0].split(",") == list(review.CSV_COLUMNS) and len(csv_rows) == 3
+
+    # The reviewer erases half of the nodule and adds an island far from every finding.
+    seg = result_nodes.segmentation
+    nodule = nodes.segment_mask_array(seg, "nodule-mass", volume)
+    kk, jj, ii = np.nonzero(nodule)
+    edited = nodule.copy()
+    edited[:, :, ii.min():ii.min() + (ii.max() - ii.min() + 1) // 2] = 0
+    kept = int(edited.sum())
+    assert 0 < kept < int(nodule.sum())
+    kz = int(kk[0])
+    assert set(kk) == {kz}  # the known nodule lies in one slice ...
+    edited[kz + 1] = edited[kz]  # ... which the reviewer extends into the next (outside its box)
+    edited[0, 0:3, 0:3] = 1  # 9 voxels in a corner, not touching the finding's box
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, seg, "nodule-mass", volume)
+    report2 = json.loads(logic.saveReview(volume, tmp_path / "after.mrb")["json"].read_text())
+    assert report2["lesion_volumes_mm3"]["nodule-mass"] == pytest.approx((2 * kept + 9) * voxel_mm3, abs=0.1)
+    assert report2["lesion_volumes_mm3"]["covid-infection"] == pytest.approx(expected["covid-infection"], abs=0.1)
+    f2 = {f["id"]: f for f in report2["findings"]}
+    assert f2["L2"]["volume_mm3_segmentation"] == pytest.approx(2 * kept * voxel_mm3, abs=0.1)
+    assert f2["L2"]["volume_mm3_detected"] == pytest.approx(findings["L2"]["volume_mm3_detected"])
+
+
+def test_save_review_without_results_writes_nothing(scene, lidc_files, tmp_path):
+    volume = load_slices(lidc_files, 60, 4, "CT")
+    with pytest.raises(review.ReviewError):
+        module.ChestCTMTLLogic().saveReview(volume, tmp_path / "x.mrb")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_center_on_finding_moves_the_slice_views(reviewed_case, scene):
+    volume, logic, result, result_nodes = reviewed_case
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetLayoutName("Red")
+    red.SetOrientationToAxial()
+    roi = _roi(result_nodes, "L2")
+    center = logic.centerOnFinding(roi)
+    np.testing.assert_allclose(center, result.findings[1].center_ras, atol=1e-6)
+    slice_to_ras = slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS())
+    assert slice_to_ras[2, 3] == pytest.approx(center[2], abs=1e-6)  # axial slice through it
+
+
+# ------------------------------------------------------------------ the module's own test
+def test_module_self_test_passes_headless(scene):
+    parent = SimpleNamespace(path=str(MODULE_FILE))
+    module.ChestCTMTL(parent)
+    slicer.selfTests["ChestCTMTL"](msec=0)
+
+
+def test_models_come_from_the_registry_next_to_the_module(scene, model_dir, tmp_path, monkeypatch):
+    """The Logic finds models through the extension's registry (no slicer.modules needed)."""
+    from ChestCTMTLLib import modelio
+
+    monkeypatch.setenv("CHESTCTMTL_RESOURCES", str(tmp_path))
+    logic = module.ChestCTMTLLogic()
+    assert logic.availableModels() == []
+    with pytest.raises(errors.ModelError):  # no default model registered
+        logic.resolveModelFolder(None)
+    with pytest.raises(errors.ModelNotFoundError):
+        logic.resolveModelFolder("no-such-model")
+    modelio.register_model(model_dir, registry=tmp_path / "models.json")
+    models = logic.availableModels()
+    assert [m["id"] for m in models] == ["untrained-fast-seed0"] and models[0]["default"]
+    assert "Measured speed" in models[0]["tooltip"] and models[0]["version"]
+    assert logic.resolveModelFolder(None).resolve() == Path(model_dir).resolve()
+    assert logic.resolveModelFolder("untrained-fast-seed0").resolve() == Path(model_dir).resolve()
+    (tmp_path / "models.json").write_text("{not json")
+    with pytest.raises(errors.ModelError):
+        logic.availableModels()
+
+
+def test_background_job_fails_fast_on_a_bad_model(scene, lidc_files, tmp_path):
+    logic = module.ChestCTMTLLogic()
+    ct = logic.volumeToCT(load_slices(lidc_files, 58, 4, "CT"))
+    with pytest.raises(errors.ModelError):  # raised on the caller's thread, no job started
+        logic.startAnalysis(ct, model=tmp_path / "missing", device="cpu")
+    import torch
+
+    if not torch.cuda.is_available():  # asking for a GPU that is not there is its own error
+        with pytest.raises(errors.DeviceUnavailableError):
+            logic.startAnalysis(ct, model=tmp_path / "missing", device="cuda")
+
+
+def test_missing_packages_are_never_installed_without_asking(scene, lidc_files, monkeypatch):
+    """Headless (no dialog possible) a missing package is an error naming it; nothing changes."""
+    monkeypatch.setattr(module, "PYTHON_REQUIREMENTS",
+                        module.PYTHON_REQUIREMENTS + (("chestctmtl_no_such_pkg", "no-such-pkg"),))
+    logic = module.ChestCTMTLLogic()
+    assert logic.missingPythonPackages() == ["chestctmtl_no_such_pkg"]
+    volume = load_slices(lidc_files, 58, 4, "CT")
+    before = counts(scene)
+    with pytest.raises(errors.ChestCTMTLError, match="chestctmtl_no_such_pkg"):
+        logic.process(volume, interactive=True)
+    with pytest.raises(errors.ChestCTMTLError, match="chestctmtl_no_such_pkg"):
+        logic.ensurePythonPackages(askConfirmation=True)
+    assert counts(scene) == before

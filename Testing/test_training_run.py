@@ -1,0 +1,184 @@
+"""End-to-end training: the packaged smoke config on every real source, export + load, resume,
+a 2-process torchrun run, evaluation and 2D prediction with the resulting model."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ChestCTMTLLib import modelio
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_config(tmp: Path, data_dir: Path, **train) -> Path:
+    """A seconds-long config: 64-px input, two small real sources."""
+    cfg = {
+        "seed": 3, "data_root": str(data_dir), "model": {"backbone": "fast", "input_size": 64},
+        "sources": [
+            {"name": "covid", "type": "covid_semiseg", "kind": "doctor",
+             "path": "covid_semiseg/TrainingSet/LungInfection-Train/Doctor-label", "max_samples": 8,
+             "holdout": {"mode": "last_fraction", "fraction": 0.1}},
+            {"name": "iq", "type": "image_folder", "path": "iq_othnccd",
+             "mapping": {"normal": "non-covid", "malignant": "cancer", "benign": None}, "max_samples": 12},
+        ],
+        "train": {"regime": "joint", "stages": [], "steps": 4, "batch_size": 2, "lr": 0.001,
+                  "warmup_steps": 1, "log_every": 1, "checkpoint_every": 1, "threads": 1, **train},
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(args, env=None, timeout=600):
+    e = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "ChestCTMTLTraining"] + args, cwd=REPO, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_dir):
+    """The packaged smoke.yaml: every real source, a few steps, exported model."""
+    out = tmp_path_factory.mktemp("smoke")
+    r = _run(["train", "--config", "smoke", "--output", str(out), "--quiet"],
+             env={"CHESTCTMTL_DATA": str(data_dir)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_smoke_run_reads_every_source_and_exports_a_loadable_model(smoke_run):
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert set(summary["train_samples"]) == {"lidc-0001", "covid-doctor", "covid-multiclass", "covid-pseudo",
+                                             "iq-othnccd", "msd-lung"}  # lidc-0002 is the held-out scan
+    assert all(n > 0 for n in summary["train_samples"].values())
+    lm = modelio.load_model(smoke_run / "model")
+    assert lm.card["id"] == "smoke-test-model" and lm.config.input_size == 64
+    assert lm.card["training"]["steps_done"] == 6
+    x = torch.rand(1, 1, 64, 64)
+    with torch.inference_mode():
+        out = lm.model(x)
+    assert torch.isfinite(out["class_logits"]).all()
+    with open(smoke_run / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert (smoke_run / "curves.png").stat().st_size > 1000
+    assert (smoke_run / "checkpoints" / "last.pt").is_file()
+
+
+def test_resume_continues_where_it_stopped(tmp_path, data_dir):
+    cfg = _tiny_config(tmp_path, data_dir)
+    a = _run(["train", "--config", str(cfg), "--output", str(tmp_path / "a"), "--quiet", "--set", "train.stop_after=2"])
+    assert a.returncode == 0, a.stderr[-2000:]
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["stopped_early"] is True
+    assert not (tmp_path / "a" / "model").exists()  # a paused run exports nothing
+    b = _run(["train", "--config", str(cfg), "--output", str(tmp_path / "a"), "--quiet", "--resume"])
+    assert b.returncode == 0, b.stderr[-2000:]
+    assert "resumed from" in b.stdout
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["resumed_from"] == 2 and summary["steps"] == 4
+    with open(tmp_path / "a" / "train_log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    # the same 4 steps in one go give the same weights (batches depend only on seed and step)
+    c = _run(["train", "--config", str(cfg), "--output", str(tmp_path / "c"), "--quiet"])
+    assert c.returncode == 0, c.stderr[-2000:]
+    wa = modelio.load_model(tmp_path / "a" / "model").model.state_dict()
+    wc = modelio.load_model(tmp_path / "c" / "model").model.state_dict()
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wc[k].float(), atol=1e-5), k
+
+
+def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, data_dir):
+    cfg = _tiny_config(tmp_path, data_dir, steps=3)
+    out = tmp_path / "ddp"
+    e = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "ChestCTMTLTraining", "train", "--config", str(cfg), "--output", str(out), "--quiet"],
+                       cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    h0 = (out / "rank0_weights.sha256").read_text().strip()
+    h1 = (out / "rank1_weights.sha256").read_text().strip()
+    assert h0 == h1 and len(h0) == 64
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 3
+    modelio.load_model(out / "model")
+    # and the training really moved the weights away from the initialisation
+    from ChestCTMTLLib.model import MultiTaskNet
+    from ChestCTMTLTraining.config import load_config
+    from ChestCTMTLTraining.train import model_config_of, state_digest
+
+    torch.manual_seed(3)
+    init = MultiTaskNet(model_config_of(load_config(cfg)))
+    assert state_digest(init) != h0
+
+
+def test_evaluate_writes_metrics_and_report(smoke_run, tmp_path, data_dir):
+    r = _run(["evaluate", "--model", str(smoke_run / "model"), "--data", "smoke", "--output", str(tmp_path / "ev"),
+              "--max-per-source", "6"], env={"CHESTCTMTL_DATA": str(data_dir)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for key in ("classification", "cancer_vs_normal", "segmentation", "reconstruction", "detection_slices",
+                "detection_froc", "segmentation_blob_froc", "format_sensitivity", "files"):
+        assert key in m, key
+    assert set(m["segmentation"]) == {"covid-infection", "nodule-mass"}
+    assert m["segmentation"]["covid-infection"]["by_source"]["covid-doctor"]["grid"] == "original"
+    assert 0.0 <= m["classification"]["accuracy"] <= 1.0
+    assert np.isfinite(m["reconstruction"]["psnr"])
+    assert m["scans"]["lidc-0002"]["lesions"][0]["diameter_mm"] > 20
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "## Segmentation" in report and "confusion" in report
+
+
+def test_predict_writes_masks_at_input_size_and_csv(smoke_run, tmp_path, data_dir):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    jpg = data_dir / "covid_semiseg/TrainingSet/LungInfection-Train/Doctor-label/Imgs/0.jpg"
+    png = sorted((data_dir / "iq_othnccd" / "normal").glob("*.png"))[0]
+    Image.open(jpg).convert("RGB").save(src / "colour.png")  # colour input is accepted
+    (src / "broken.png").write_bytes(b"nope")
+    r = _run(["predict", str(jpg), str(png), str(src), "--output", str(tmp_path / "out"),
+              "--model", str(smoke_run / "model")])
+    assert r.returncode == 1  # one input refused
+    assert "broken.png" in r.stderr
+    with open(tmp_path / "out" / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["file", "p_noncovid", "p_covid", "p_cancer", "predicted"]
+    assert len(rows) == 3
+    for row in rows:
+        p = [float(row[k]) for k in ("p_noncovid", "p_covid", "p_cancer")]
+        assert abs(sum(p) - 1) < 1e-4 and row["predicted"] in ("non-covid", "covid", "cancer")
+    mask = np.asarray(Image.open(tmp_path / "out" / "0_lesion.png"))
+    assert mask.shape == np.asarray(Image.open(jpg)).shape[:2]
+    assert set(np.unique(mask).tolist()) <= {0, 255}
+    assert (tmp_path / "out" / "colour_lesion.png").is_file()
+
+
+def test_bad_config_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {regime: sideways}\n")
+    r = _run(["train", "--config", str(bad), "--output", str(tmp_path / "o")])
+    assert r.returncode == 2 and "regime" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_ablation_produces_a_table(tmp_path, data_dir):
+    cfg = _tiny_config(tmp_path, data_dir, steps=2)
+    r = _run(["ablation", "--config", str(cfg), "--output", str(tmp_path / "ab"), "--steps", "2",
+              "--rows", "joint-fast", "cls-only-fast"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = (tmp_path / "ab" / "ablation.md").read_text()
+    lines = [l for l in table.splitlines() if l.startswith("| joint-fast") or l.startswith("| cls-only-fast")]
+    assert len(lines) == 2
+    res = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    assert res["cls-only-fast"]["tasks"] == ["classification"]
+    assert "covid_dice" not in res["cls-only-fast"] and "covid_dice" in res["joint-fast"]
+    assert res["joint-fast"]["parameters"] > res["cls-only-fast"]["parameters"]
