@@ -81,8 +81,10 @@ class AnalysisResult:
         """The report.json structure (see README)."""
         geometry = self.volume.geometry_dict()
         return {
-            "classification": {k: float(self.class_probabilities[k]) for k in CLASS_NAMES},
-            "predicted_class": self.predicted_class,
+            # None when the classification head was switched off for this run.
+            "classification": ({k: float(self.class_probabilities[k]) for k in CLASS_NAMES}
+                               if self.class_probabilities else None),
+            "predicted_class": self.predicted_class or None,
             "findings": [f.row() for f in self.findings],
             "model": self.model.to_dict(),
             "timings_s": {k: round(float(v), 4) for k, v in self.timings_s.items()},
