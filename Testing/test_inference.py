@@ -339,6 +339,41 @@ def test_cpu_runs_are_deterministic(nodule_crop, loaded, axial_result):
     assert [f.row() for f in again.findings] == [f.row() for f in axial_result.findings]
 
 
+def test_thread_count_changes_speed_not_results(nodule_crop, loaded):
+    """The thread tuner may switch thread counts mid-volume; that must not change outputs."""
+    import torch
+
+    vol = crop_volume(nodule_crop, 5, 11)  # 6 slices: two threads may be slow on a busy CPU
+    before = torch.get_num_threads()
+    one = analyze(vol, loaded, device="cpu", num_threads=1, score_threshold=LOW_SCORE)
+    two = analyze(vol, loaded, device="cpu", num_threads=2, score_threshold=LOW_SCORE)
+    assert torch.get_num_threads() == before
+    for name in LESION_TYPES:
+        np.testing.assert_array_equal(one.lesion_masks[name], two.lesion_masks[name])
+    np.testing.assert_array_equal(one.reconstruction_hu, two.reconstruction_hu)
+    np.testing.assert_array_equal(one.slice_probabilities, two.slice_probabilities)
+    assert [f.row() for f in one.findings] == [f.row() for f in two.findings]
+
+
+def test_thread_tuner_keeps_the_faster_count(monkeypatch):
+    import torch
+
+    from ChestCTMTLLib.inference import _ThreadTuner
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    for slow, expected in ((2, 1), (1, 2)):
+        tuner = _ThreadTuner(True, recheck=10)
+        used = []
+        for i in range(12):
+            tuner.before_batch(i)
+            used.append(tuner.current)
+            tuner.after_batch(i, 3.0 if tuner.current == slow else 1.0)
+        assert used[:4] == [2, 1, 1, 2] and used[4:10] == [expected] * 6
+        assert used[10:] == [expected, 1]  # the next window re-checks
+    assert _ThreadTuner(False).candidates == [2]
+
+
 def test_progress_is_monotonic_and_reaches_one(nodule_crop, loaded):
     calls = []
     analyze(nodule_crop, loaded, device="cpu", tasks=("classification",),

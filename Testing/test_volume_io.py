@@ -116,3 +116,16 @@ def test_axial_view_orders_slices_rows_columns_radiologically():
     assert v2.flips == (True, True, True)
     ijk = v2.canonical_to_ijk([[0, 0, 0]])[0]
     np.testing.assert_allclose(ijk, [29, 19, 9])  # R-most column, A-most row, lowest slice
+
+
+def test_nifti_gzip_with_trailing_member_is_accepted(lidc0002_nifti, tmp_path):
+    """The truncation check's fast path (gzip trailer size) fails on multi-member files; the
+    full check must then accept a complete file rather than call it truncated."""
+    import gzip
+
+    vol = crop_volume(read_cached(str(lidc0002_nifti)), 120, 124)
+    path = volume_io.write_ct(vol, tmp_path / "multi.nii.gz")
+    with open(path, "ab") as f:
+        f.write(gzip.compress(b"\0" * 16))  # a second gzip member, as bgzip-style tools write
+    back = volume_io.read_ct(path)
+    np.testing.assert_array_equal(back.array, vol.array)

@@ -106,11 +106,22 @@ def _nifti_expected_bytes(header: bytes) -> Optional[int]:
 def _check_nifti_payload(path: Path) -> Optional[str]:
     """Return a reason string if a NIfTI file's voxel data is incomplete, else None.
 
-    For ``.gz`` the whole stream is decompressed (zlib releases the GIL, so this runs in a
-    thread beside ITK's own read); only byte counts are kept, never the data.
+    For ``.gz`` first the cheap test: gzip's trailer stores the uncompressed size (mod 2**32);
+    if it equals what the header announces the file is complete (a cut file ends in arbitrary
+    compressed bytes, which match with probability 2**-32). Otherwise (cut, multi-member or
+    padded files) the whole stream is decompressed (zlib releases the GIL, so this runs in a
+    thread beside ITK's own read), keeping only byte counts, never the data.
     """
     gz = path.name.lower().endswith(".gz")
     try:
+        if gz:
+            with gzip.open(path, "rb") as g:
+                expected = _nifti_expected_bytes(g.read(544))
+            with open(path, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                isize = struct.unpack("<I", f.read(4))[0]
+            if expected is not None and isize == expected % (1 << 32):
+                return None
         if not gz:
             with open(path, "rb") as f:
                 header = f.read(544)
