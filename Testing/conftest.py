@@ -46,3 +46,26 @@ def lidc0001_dicom_dir(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def lidc0002_nifti(data_dir) -> Path:
     return _require(data_dir / "lidc" / "LIDC-IDRI-0002-nifti" / "image.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny test inputs gain nothing from threads, and on a shared 2-core machine OpenMP
+    threads waiting on each other make them many times slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def small_ct(lidc0002_nifti, tmp_path_factory):
+    """Six real LIDC-IDRI-0002 slices, every 4th voxel, 100 rows (so i and j differ)."""
+    from ChestCTMTLLib.volume_io import read_ct
+    from mrml_testutil import crop_ct_file
+
+    path = crop_ct_file(lidc0002_nifti, tmp_path_factory.mktemp("ct") / "small.nii.gz",
+                        first=110, count=6, step=4, rows=100)
+    return read_ct(path)

@@ -15,16 +15,7 @@ from ct_testutil import crop_volume, read_cached, small_model_folder
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny test inputs gain nothing from threads, and on a shared 2-core machine OpenMP
-    threads waiting on each other make them many times slower."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def real_crop(lidc0002_nifti) -> CTVolume:

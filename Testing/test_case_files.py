@@ -13,16 +13,9 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from ChestCTMTLLib.results import CLASS_NAMES, FINDINGS_TSV_COLUMNS  # noqa: E402
-from ChestCTMTLLib.volume_io import read_ct  # noqa: E402
 from ChestCTMTLMRML import files, headless, nodes, terminology  # noqa: E402
-from mrml_testutil import crop_ct_file, synthetic_result  # noqa: E402
+from mrml_testutil import synthetic_result  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def small_ct(lidc0002_nifti, tmp_path_factory):
-    path = crop_ct_file(lidc0002_nifti, tmp_path_factory.mktemp("ct") / "small.nii.gz",
-                        first=110, count=6, step=4, rows=100)
-    return read_ct(path)
 
 
 @pytest.fixture(scope="module")

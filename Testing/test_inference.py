@@ -24,16 +24,7 @@ LOW_SCORE = 0.05  # an untrained detector peaks around 0.1: this makes it produc
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny test inputs gain nothing from threads, and on a shared 2-core machine OpenMP
-    threads waiting on each other make them many times slower."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
