@@ -54,7 +54,8 @@ def run_ablation(config: str = "ablation", output="ablation", steps: Optional[in
         if resume and summary_path.is_file() and (run_dir / "model" / "model.json").is_file():
             summary = json.loads(summary_path.read_text())
         else:
-            summary = run_training(cfg, run_dir, resume=resume)
+            print("ablation row %s: training %s steps" % (name, cfg["train"]["steps"]), flush=True)
+            summary = run_training(cfg, run_dir, resume=resume, progress=False)
         ev_path = run_dir / "eval" / "metrics.json"
         if resume and ev_path.is_file():
             metrics = json.loads(ev_path.read_text())

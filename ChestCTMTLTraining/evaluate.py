@@ -101,6 +101,7 @@ def seg_blob_findings(prob: np.ndarray, ks: List[int], geom: SliceGeometry, spac
     from scipy import ndimage
 
     sx, sy, sz = (float(v) for v in spacing)
+    prob = prob * inside_image_mask(geom)[None]  # padding outside the scan is not a finding
     lab, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
     out = []
     for i, sl in enumerate(ndimage.find_objects(lab)):
@@ -115,6 +116,14 @@ def seg_blob_findings(prob: np.ndarray, ks: List[int], geom: SliceGeometry, spac
                     "score": float(prob[zz, yy, xx].max()),
                     "diameter_mm": float(max(sl[1].stop - sl[1].start, sl[2].stop - sl[2].start) * geom.scale * sx)})
     return out
+
+
+def inside_image_mask(geom: SliceGeometry) -> np.ndarray:
+    """(S, S) bool: model pixels whose centre falls inside the input image."""
+    s = geom.input_size
+    c, r = geom.model_to_input_xy(np.arange(s) + 0.5, np.arange(s) + 0.5)
+    h, w = geom.in_shape
+    return ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
 
 
 def _nanmean(v):
@@ -223,6 +232,8 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
                             if d.type != "nodule-mass":
                                 continue
                             cx, cy = geom.model_to_input_xy(0.5 * (d.x0 + d.x1), 0.5 * (d.y0 + d.y1))
+                            if not (0 <= cx < geom.in_shape[1] and 0 <= cy < geom.in_shape[0]):
+                                continue  # centre in the padding outside the scan
                             vs["dets"].append({"k": meta["k"], "cx": float(cx) - 0.5, "cy": float(cy) - 0.5,
                                                "w": (d.x1 - d.x0) * geom.scale, "h": (d.y1 - d.y0) * geom.scale,
                                                "score": d.score})

@@ -195,7 +195,15 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
         if is_main:
             print("resumed from %s at step %d" % (ckpt_path, start), flush=True)
             _rewrite_log(log_csv, start)
-    elif resume and is_main:
+    elif tcfg.get("init_from"):
+        # fine-tune: weights only (fresh optimizer and schedule) from another run's checkpoint
+        init = torch.load(Path(tcfg["init_from"]).expanduser(), map_location=device, weights_only=False)
+        if init.get("architecture") != mcfg.to_dict():
+            raise TrainingError("init_from %s has another architecture" % tcfg["init_from"])
+        model.load_state_dict(init["model"])
+        if is_main:
+            print("initialised from %s (step %s)" % (tcfg["init_from"], init.get("step")), flush=True)
+    if resume and not ckpt_path.is_file() and is_main:
         print("no checkpoint at %s: starting from scratch" % ckpt_path, flush=True)
     if not (resume and ckpt_path.is_file()) and is_main and log_csv.exists():
         log_csv.unlink()

@@ -305,3 +305,12 @@ def test_bundled_registry_is_valid():
 
 def test_tasks_constant():
     assert TASKS == ("classification", "segmentation", "reconstruction", "detection")
+
+
+def test_update_card_keeps_weights_fields_locked(tmp_path):
+    folder = modelio.create_untrained_model_folder(tmp_path / "m", ModelConfig(input_size=64))
+    card = modelio.update_card(folder, {"metrics": {"dice": 0.5}, "limits": ["x"]})
+    assert card["metrics"] == {"dice": 0.5}
+    modelio.load_model(folder)  # still valid
+    with pytest.raises(ValueError, match="cannot change"):
+        modelio.update_card(folder, {"sha256": "0" * 64})

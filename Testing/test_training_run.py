@@ -134,6 +134,13 @@ def test_evaluate_writes_metrics_and_report(smoke_run, tmp_path, data_dir):
     assert m["scans"]["lidc-0002"]["lesions"][0]["diameter_mm"] > 20
     report = (tmp_path / "ev" / "report.md").read_text()
     assert "## Segmentation" in report and "confusion" in report
+    # the model card is rendered from these numbers, not typed
+    from ChestCTMTLTraining.modelcard import write_model_card
+
+    md = write_model_card(smoke_run / "model", tmp_path / "ev" / "metrics.json", tmp_path / "CARD.md",
+                          "python -m ChestCTMTLTraining evaluate ...").read_text()
+    assert "%.3f" % m["headline"]["covid_dice"] in md
+    assert "Validation split" in md and "## Limits" in md
 
 
 def test_predict_writes_masks_at_input_size_and_csv(smoke_run, tmp_path, data_dir):

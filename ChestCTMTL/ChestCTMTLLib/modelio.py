@@ -114,6 +114,11 @@ def save_model_folder(model: MultiTaskNet, config: Optional[ModelConfig] = None,
         with open(tmp / CARD_FILE, "w", encoding="utf-8") as f:
             json.dump(card, f, indent=2, sort_keys=False)
             f.write("\n")
+        # mkdtemp makes a private (0700) folder: give the model ordinary permissions so an
+        # installed extension can read it as any user
+        os.chmod(tmp, 0o755)
+        for name in (WEIGHTS_FILE, CARD_FILE):
+            os.chmod(tmp / name, 0o644)
         _atomic_replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -274,3 +279,24 @@ def create_untrained_model_folder(folder, config: Optional[ModelConfig] = None, 
             "training_data": [], "metrics": {}, "limits": ["untrained: outputs are meaningless"]}
     rep = Representation(input_size=config.input_size)
     return save_model_folder(model, config, card, folder, representation=rep)
+
+
+def update_card(folder, updates: dict) -> dict:
+    """Merge descriptive fields (metrics, limits ...) into a model card, atomically.
+
+    Fields that describe the weights (architecture, sha256, classes, lesion types, format) are
+    refused here so a card can never be edited out of step with its weights.
+    """
+    protected = {"architecture", "sha256", "classes", "lesion_types", "format", "weights_file", "tasks"}
+    bad = protected & set(updates)
+    if bad:
+        raise ValueError("update_card cannot change %s" % sorted(bad))
+    folder = Path(folder)
+    card = read_card(folder)
+    card.update(updates)
+    tmp = folder / (CARD_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(card, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, folder / CARD_FILE)
+    return card

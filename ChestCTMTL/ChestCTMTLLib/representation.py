@@ -22,6 +22,10 @@ source is brought to one unit-intensity image:
   framing is unknown) the box is the whole image padded to a square, so aspect is never
   distorted.
 
+Slices are axial in radiological display orientation - rows anterior->posterior, columns from
+the patient's right to left (ITK "LPS" axis order, which LIDC DICOM already has and training
+reaches with ``SimpleITK.DICOMOrient(img, "LPS")``); inference reorients any volume the same way.
+
 Coordinates are continuous pixel coordinates in which pixel ``p`` spans ``[p, p + 1)``;
 :class:`SliceGeometry` maps model-input coordinates back to input pixels exactly and resizes
 model outputs back onto the input grid.
