@@ -466,7 +466,10 @@ def _build_tables(scene, result: AnalysisResult, findings: List[Finding], base: 
             for name in CLASS_NAMES]
     _add_columns(classification, ("class", "probability"), rows)
     for node in (table, classification):
-        if hasattr(node, "SetUseColumnNameAsColumnHeader"):
+        # Slicer >= 5.10 renamed the switch (the old one still works there, with a warning).
+        if hasattr(node, "SetUseColumnTitleAsColumnHeader"):
+            node.SetUseColumnTitleAsColumnHeader(True)
+        elif hasattr(node, "SetUseColumnNameAsColumnHeader"):
             node.SetUseColumnNameAsColumnHeader(True)
         for key, value in _classification_attributes(result).items():
             node.SetAttribute(key, value)
