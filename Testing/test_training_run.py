@@ -189,3 +189,18 @@ def test_ablation_produces_a_table(tmp_path, data_dir):
     assert res["cls-only-fast"]["tasks"] == ["classification"]
     assert "covid_dice" not in res["cls-only-fast"] and "covid_dice" in res["joint-fast"]
     assert res["joint-fast"]["parameters"] > res["cls-only-fast"]["parameters"]
+
+
+def test_chestctmtl_analyze_loads_the_smoke_model(smoke_run, small_ct, tmp_path):
+    """What training exports is what the product loads: no conversion step in between."""
+    from ChestCTMTLLib.volume_io import write_ct
+    from ChestCTMTLMRML import cli
+
+    ct_path = tmp_path / "small.nrrd"
+    write_ct(small_ct, ct_path)
+    code = cli.main(["analyze", str(ct_path), "--model", str(smoke_run / "model"),
+                     "--output", str(tmp_path / "out"), "--no-progress", "--no-preview"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "small" / "report.json").read_text())
+    assert report["model"]["id"] == "smoke-test-model"
+    assert abs(sum(report["classification"].values()) - 1) < 1e-6
