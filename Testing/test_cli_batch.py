@@ -187,3 +187,22 @@ def test_unavailable_device_stops_before_any_work(tmp_path, model_dir, small_nif
     assert code == cli.EXIT_CANNOT_START
     assert "cuda" in capsys.readouterr().err.lower()
     assert not out.exists()
+
+
+def test_score_threshold_filters_findings_and_bad_values_are_refused(tmp_path, model_dir,
+                                                                     small_nifti, capsys):
+    counts = {}
+    for threshold in ("0.0", "1.0"):
+        out = tmp_path / threshold
+        code = cli.main(["analyze", str(small_nifti), "--output", str(out), "--model",
+                         str(model_dir), "--device", "cpu", "--no-progress", "--no-preview",
+                         "--score-threshold", threshold])
+        assert code == cli.EXIT_OK
+        report = json.loads((out / "small" / files.REPORT_FILE).read_text())
+        counts[threshold] = len(report["findings"])
+    assert counts["1.0"] == 0 < counts["0.0"]
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["analyze", str(small_nifti), "--output", str(tmp_path / "bad"),
+                  "--score-threshold", "1.5"])
+    assert exited.value.code == 2 and "must lie in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

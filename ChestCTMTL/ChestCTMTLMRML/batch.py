@@ -81,7 +81,7 @@ class _Bar:
 
 def analyze_one(input_path, output_dir, loaded_model, device: str, mrb: bool = False,
                 scene=None, progress: Optional[Callable[[float, str], None]] = None,
-                preview: bool = True):
+                preview: bool = True, score_threshold: Optional[float] = None):
     """Read, analyse and write one input; returns (case folder, AnalysisResult). Raises on
     failure, and then nothing is written."""
     from ChestCTMTLLib.inference import analyze
@@ -90,8 +90,9 @@ def analyze_one(input_path, output_dir, loaded_model, device: str, mrb: bool = F
     report = progress or (lambda fraction, stage: None)
     report(0.0, "reading")
     volume = read_ct(input_path)
+    options = {} if score_threshold is None else {"score_threshold": float(score_threshold)}
     result = analyze(volume, model=loaded_model, device=device,
-                     progress=lambda f, stage: report(0.05 + 0.85 * f, stage))
+                     progress=lambda f, stage: report(0.05 + 0.85 * f, stage), **options)
     report(0.92, "writing")
     case_dir = files.case_dir_for(output_dir, case_name(input_path))
     files.write_case(scene, volume, result, case_dir, mrb=mrb, input_path=str(input_path),
@@ -102,13 +103,16 @@ def analyze_one(input_path, output_dir, loaded_model, device: str, mrb: bool = F
 
 def analyze_inputs(inputs: Sequence, output_dir, model=None, device: str = "auto",
                    mrb: bool = False, scene=None, progress_bar: bool = True,
-                   stream=None, preview: bool = True) -> List[CaseOutcome]:
+                   stream=None, preview: bool = True,
+                   score_threshold: Optional[float] = None) -> List[CaseOutcome]:
     """Analyse every input into ``output_dir/<case>/``; one CaseOutcome per input, in order.
 
     ``preview`` adds each case's preview.png. The model/device must load (ModelError / DeviceUnavailableError propagate: nothing can be
     done without them); failures of single inputs are recorded and the batch continues.
     """
     stream = stream or sys.stderr
+    if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
+        raise ValueError("score threshold must lie in [0, 1], got {}".format(score_threshold))
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError("output is not a folder: {}".format(output_dir))
@@ -122,7 +126,8 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None, device: str = "auto
             started = time.perf_counter()
             try:
                 case_dir, result = analyze_one(input_path, output_dir, loaded, resolved, mrb,
-                                               scene, bar.progress, preview=preview)
+                                               scene, bar.progress, preview=preview,
+                                               score_threshold=score_threshold)
                 outcome.case_dir = case_dir
                 outcome.predicted_class = result.predicted_class
                 outcome.n_findings = len(result.findings)

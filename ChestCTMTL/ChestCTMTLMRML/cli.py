@@ -16,6 +16,16 @@ EXIT_SOME_FAILED = 1
 EXIT_CANNOT_START = 2
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: {!r}".format(text))
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must lie in [0, 1], got {}".format(value))
+    return value
+
+
 def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = False) -> None:
     """The arguments shared by ``chestctmtl analyze`` and Scripts/batch_analyze.py."""
     if input_flag:
@@ -32,6 +42,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = Fa
                         help="where to run the model (default: auto = GPU if present)")
     parser.add_argument("--mrb", action="store_true",
                         help="also write <case>.mrb, a Slicer scene ready for review")
+    parser.add_argument("--score-threshold", type=_unit_interval, default=None, metavar="S",
+                        help="keep detected lesions scoring at least S (0-1; default: the "
+                             "inference default, sensitivity-first for review)")
     parser.add_argument("--no-preview", action="store_true",
                         help="do not write preview.png (a picture of the result) per case")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,7 +75,8 @@ def run_analyze(args, scene=None, out=None, err=None) -> int:
         outcomes = batch.analyze_inputs(args.inputs, args.output, model=args.model,
                                         device=args.device, mrb=args.mrb, scene=scene,
                                         progress_bar=not args.no_progress, stream=err,
-                                        preview=not getattr(args, "no_preview", False))
+                                        preview=not getattr(args, "no_preview", False),
+                                        score_threshold=getattr(args, "score_threshold", None))
     except ChestCTMTLError as exc:
         print("chestctmtl: cannot start ({}): {}".format(exc.cause, exc), file=err)
         return EXIT_CANNOT_START
