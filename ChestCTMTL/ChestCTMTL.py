@@ -11,7 +11,6 @@ a Slicer without PyTorch, and can offer to install it.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -694,8 +693,7 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
         """Registered models: id, version, path, default flag and a tooltip with measured speed."""
         from ChestCTMTLLib import modelio
 
-        with _asModelError():
-            registry = modelio.read_registry()
+        registry = modelio.read_registry()  # problems raise ModelLoadError, an errors.ModelError
         base = modelio.registry_path().parent
         models = []
         for modelId, entry in sorted(registry.get("models", {}).items()):
@@ -737,8 +735,7 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
         from ChestCTMTLLib import modelio
 
         if model is None or model == "":
-            with _asModelError():
-                return Path(modelio.default_model_dir())
+            return Path(modelio.default_model_dir())
         if isinstance(model, (str, Path)):
             for entry in self.availableModels():
                 if entry["id"] == str(model):
@@ -1010,20 +1007,6 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
         from ChestCTMTLMRML import review
 
         return review.results_summary(self._scene(), inputVolume)
-
-
-@contextlib.contextmanager
-def _asModelError():
-    """modelio reports registry/model-folder problems as its own ModelLoadError (a
-    RuntimeError); front ends catch errors.ModelError, so translate at this boundary."""
-    try:
-        yield
-    except errors.ChestCTMTLError:
-        raise
-    except Exception as e:
-        if type(e).__name__ == "ModelLoadError":
-            raise errors.ModelError(str(e)) from e
-        raise
 
 
 #

@@ -130,10 +130,8 @@ def resolve_model(model=None, device: str = "cpu"):
         return modelio.load_model(folder, device=device)
     except errors.ChestCTMTLError:
         raise
-    except Exception as exc:  # modelio.ModelLoadError and safetensors/torch failures
-        if exc.__class__.__name__ == "ModelLoadError" or isinstance(exc, (OSError, ValueError)):
-            raise _as_model_error(exc) from exc
-        raise
+    except (OSError, ValueError) as exc:  # safetensors/torch failures on a damaged folder
+        raise _as_model_error(exc) from exc
 
 
 def _autocast(device: str):

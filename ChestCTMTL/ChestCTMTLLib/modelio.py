@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from . import __version__
+from .errors import ModelError
 from .model import ModelConfig, MultiTaskNet
 from .representation import Representation
 from .results import ModelIdentity
@@ -32,8 +33,11 @@ REGISTRY_FILE = "models.json"
 CARD_FORMAT = "chestctmtl-model/1"
 
 
-class ModelLoadError(RuntimeError):
-    """A model folder is missing, corrupt, or its card does not match its weights."""
+class ModelLoadError(ModelError, RuntimeError):
+    """A model folder is missing, corrupt, or its card does not match its weights.
+
+    A :class:`~ChestCTMTLLib.errors.ModelError`, so every front end reports it with the other
+    model problems (and a RuntimeError, as it was first published)."""
 
 
 @dataclass

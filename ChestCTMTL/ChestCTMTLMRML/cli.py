@@ -83,11 +83,6 @@ def run_analyze(args, scene=None, out=None, err=None) -> int:
     except OSError as exc:
         print("chestctmtl: cannot start: {}".format(exc), file=err)
         return EXIT_CANNOT_START
-    except Exception as exc:  # modelio.ModelLoadError is a RuntimeError ("no bundled model")
-        if type(exc).__name__ == "ModelLoadError":
-            print("chestctmtl: cannot start (model): {}".format(exc), file=err)
-            return EXIT_CANNOT_START
-        raise
     for line in batch.summary_lines(outcomes):
         print(line, file=out)
     return batch.exit_code(outcomes)
