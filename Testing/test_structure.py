@@ -103,3 +103,40 @@ def test_code_for_slicer_runs_on_python39_syntax():
             if isinstance(node, ast.keyword) and node.arg in ("slots", "kw_only"):
                 problems.append(f"{path.relative_to(REPO)}:{node.lineno}: dataclass {node.arg}= (3.10+)")
     assert not problems, "\n".join(problems)
+
+
+def _python39():
+    import glob
+    import shutil
+
+    import subprocess
+
+    candidates = sorted(glob.glob(str(Path.home() / ".pyenv" / "versions" / "3.9*" / "bin" / "python")))
+    candidates += [c for c in [shutil.which("python3.9")] if c]
+    for candidate in candidates:  # a pyenv shim may exist without a usable 3.9 behind it
+        try:
+            out = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=30)
+        except OSError:
+            continue
+        if out.returncode == 0 and "3.9" in out.stdout + out.stderr:
+            return candidate
+    return None
+
+
+def test_module_code_compiles_with_a_real_python39():
+    """Stronger than the grammar check above when an interpreter is around (Slicer 5.8's Python)."""
+    import subprocess
+
+    import pytest
+
+    python39 = _python39()
+    if python39 is None:
+        pytest.skip("no Python 3.9 interpreter on this machine")
+    files = [str(p) for p in sorted(list(MODULE.rglob("*.py")) + list((REPO / "ChestCTMTLTraining").rglob("*.py")))
+             if "__pycache__" not in p.parts]
+    code = ("import sys\nbad = []\nfor f in sys.argv[1:]:\n    try:\n"
+            "        compile(open(f, encoding='utf-8').read(), f, 'exec')\n"
+            "    except SyntaxError as e:\n        bad.append('%s:%s: %s' % (f, e.lineno, e.msg))\n"
+            "print('\\n'.join(bad))\nsys.exit(1 if bad else 0)\n")
+    proc = subprocess.run([python39, "-c", code] + files, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
