@@ -44,10 +44,9 @@ from .orientation import AxialView, axial_view
 from .postprocess import (SliceBox, Track, aggregate_slice_probabilities, link_slice_boxes,
                           remove_small_islands, suppress_duplicate_tracks, track_volume_mm3)
 from .results import AnalysisResult, Finding
-from .volume import CTVolume
+from .volume import AIR_HU, CTVolume
 from .volume_io import validate_ct
 
-AIR_HU = -1024
 DEFAULT_SCORE_THRESHOLD = 0.3
 DEFAULT_SEG_THRESHOLD = 0.5
 DEFAULT_MIN_ISLAND_MM3 = 14.0  # a 3 mm sphere: LIDC's own lower limit for outlined nodules

@@ -12,6 +12,9 @@ from typing import Optional
 
 import numpy as np
 
+#: Air in HU: what outputs hold wherever the model did not look.
+AIR_HU = -1024
+
 # LPS (DICOM, ITK) <-> RAS (Slicer) differ by the sign of the first two axes.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

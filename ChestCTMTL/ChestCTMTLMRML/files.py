@@ -104,11 +104,6 @@ def write_findings_tsv(scene, result: AnalysisResult, path: Path) -> None:
         nodes._remove_node(scene, table)
 
 
-def report_dict(result: AnalysisResult, input_path: Optional[str] = None) -> dict:
-    """report.json's content (the core's report with its fixed top-level keys)."""
-    return result.report_dict(input_path=input_path)
-
-
 def write_preview(result: AnalysisResult, path: Path, title: Optional[str] = None) -> bool:
     """preview.png in the segments' Slicer colours; False (and a warning) without matplotlib."""
     if not preview_png.available():
@@ -147,7 +142,7 @@ def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: P
             _write_with_storage_node(results.reconstruction, folder / RECONSTRUCTION_FILE)
         write_markups_file(results.rois, folder / MARKUPS_FILE)
         write_findings_tsv(scene, result, folder / FINDINGS_FILE)
-        _write_json(report_dict(result, input_path or volume.source_path), folder / REPORT_FILE)
+        _write_json(result.report_dict(input_path or volume.source_path), folder / REPORT_FILE)
         if mrb:
             bundle = folder / "{}.mrb".format(case_name)
             if not scene.WriteToMRB(str(bundle)) or not bundle.is_file():
