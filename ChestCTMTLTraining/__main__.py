@@ -1,4 +1,4 @@
-"""Command line: ``python -m ChestCTMTLTraining {train,evaluate,export,predict,ablation}``."""
+"""Command line: ``python -m ChestCTMTLTraining {train,evaluate,export,predict,ablation,pack,bundle}``."""
 from __future__ import annotations
 
 import argparse
@@ -25,11 +25,18 @@ def _parse_set(values):
     return out
 
 
+def _overrides(a) -> dict:
+    over = _parse_set(a.set)
+    if getattr(a, "pack", None):
+        over["data_pack"] = a.pack
+    return over
+
+
 def cmd_train(a) -> int:
     from .config import load_config
     from .train import TrainingError, run_training
 
-    cfg = load_config(a.config, _parse_set(a.set))
+    cfg = load_config(a.config, _overrides(a))
     try:
         summary = run_training(cfg, a.output, resume=a.resume, export=not a.no_export,
                                progress=not a.quiet)
@@ -52,7 +59,7 @@ def cmd_evaluate(a) -> int:
     from .evaluate import evaluate_model
 
     report = evaluate_model(a.model, a.data, a.output, split=a.split, max_per_source=a.max_per_source,
-                            overrides=_parse_set(a.set))
+                            overrides=_overrides(a), device=a.device)
     print(json.dumps(report["headline"], indent=2))
     return 0
 
@@ -68,8 +75,33 @@ def cmd_ablation(a) -> int:
     from .ablation import run_ablation
 
     table = run_ablation(a.config, a.output, steps=a.steps, input_size=a.input_size, rows=a.rows,
-                         resume=a.resume)
+                         resume=a.resume, data_pack=a.pack)
     print(table)
+    return 0
+
+
+def cmd_pack(a) -> int:
+    from .config import load_config
+    from .pack import pack_info, write_pack
+
+    out = write_pack(load_config(a.config, _parse_set(a.set)), a.output, splits=a.splits)
+    info = pack_info(out)
+    info["bytes"] = out.stat().st_size
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_bundle(a) -> int:
+    from .bundle import bundle
+
+    evals = {}
+    for item in a.eval or []:
+        name, _, folder = item.partition("=")
+        if not folder:
+            raise SystemExit("--eval expects NAME=EVAL_FOLDER, got %r" % item)
+        evals[name] = Path(folder)
+    extra = json.loads(Path(a.card).read_text()) if a.card else None
+    print("bundled %s" % bundle(a.runs, Path(a.output), a.id, a.version, evals, extra))
     return 0
 
 
@@ -85,6 +117,7 @@ def main(argv=None) -> int:
     t.add_argument("--no-export", action="store_true")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    t.add_argument("--pack", help="read samples from this data pack instead of the sources")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="export a training checkpoint as a model folder")
@@ -101,6 +134,8 @@ def main(argv=None) -> int:
     v.add_argument("--split", default="val", choices=["val", "train", "all"])
     v.add_argument("--max-per-source", type=int, default=None)
     v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v.add_argument("--pack", help="read samples from this data pack instead of the sources")
+    v.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     v.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="classify and segment 2D 8-bit slices (PNG/JPG)")
@@ -116,7 +151,24 @@ def main(argv=None) -> int:
     b.add_argument("--input-size", type=int, default=None)
     b.add_argument("--rows", nargs="*", default=None, help="subset of rows to run")
     b.add_argument("--resume", action="store_true", help="reuse finished rows")
+    b.add_argument("--pack", help="read samples from this data pack instead of the sources")
     b.set_defaults(func=cmd_ablation)
+
+    n = sub.add_parser("bundle", help="make a model folder for Resources/Models from a chain of runs")
+    n.add_argument("runs", nargs="+", help="run folders in training order (the last one's model is shipped)")
+    n.add_argument("--output", required=True)
+    n.add_argument("--id", required=True)
+    n.add_argument("--version", required=True)
+    n.add_argument("--eval", action="append", metavar="NAME=FOLDER", help="evaluation folder (metrics.json)")
+    n.add_argument("--card", help="JSON merged into the card (provenance, limits, recipe ...)")
+    n.set_defaults(func=cmd_bundle)
+
+    k = sub.add_parser("pack", help="write a config's samples (train and val splits) to one portable file")
+    k.add_argument("--config", required=True, help="YAML config whose sources are packed")
+    k.add_argument("--output", required=True, help="pack file (.npz)")
+    k.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
+    k.add_argument("--set", action="append", metavar="KEY=VALUE")
+    k.set_defaults(func=cmd_pack)
 
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,

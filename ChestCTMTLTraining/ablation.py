@@ -29,7 +29,7 @@ COLUMNS = [("covid_dice", "COVID Dice"), ("nodule_dice", "nodule Dice"), ("accur
 
 def run_ablation(config: str = "ablation", output="ablation", steps: Optional[int] = None,
                  input_size: Optional[int] = None, rows: Optional[List[str]] = None,
-                 resume: bool = False) -> str:
+                 resume: bool = False, data_pack: Optional[str] = None) -> str:
     from .config import load_config
     from .evaluate import evaluate_model
     from .train import run_training
@@ -48,6 +48,8 @@ def run_ablation(config: str = "ablation", output="ablation", steps: Optional[in
             over["train"]["stages"] = []
         if input_size:
             over["model"]["input_size"] = int(input_size)
+        if data_pack:
+            over["data_pack"] = str(data_pack)
         cfg = load_config(config, over)
         run_dir = out / name
         summary_path = run_dir / "summary.json"
@@ -60,8 +62,8 @@ def run_ablation(config: str = "ablation", output="ablation", steps: Optional[in
         if resume and ev_path.is_file():
             metrics = json.loads(ev_path.read_text())
         else:
-            metrics = evaluate_model(run_dir / "model", config, run_dir / "eval", probe_format=False,
-                                     overrides={"model": over["model"]})
+            metrics = evaluate_model(run_dir / "model", config, run_dir / "eval", probe_format=False, device="auto",
+                                     overrides={k: over[k] for k in ("model", "data_pack") if k in over})
         results[name] = {"backbone": cfg["model"]["backbone"], "tasks": cfg["train"]["tasks"],
                          "parameters": summary.get("parameters"), "steps": summary.get("steps"),
                          "seconds_per_step": summary.get("seconds_per_step"),

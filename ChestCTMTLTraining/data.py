@@ -421,11 +421,14 @@ def load_source(spec: dict, split: str, rep: Representation, root: Path,
         raise ValueError("unknown source type %r (known: %s)" % (kind, sorted(ADAPTERS)))
     out = ADAPTERS[kind](spec, split, rep, Path(root), lesion_types)
     out.name = spec.get("name", out.name)
-    limit = spec.get("max_samples")
-    if limit and len(out) > int(limit):
-        idx = np.linspace(0, len(out) - 1, int(limit)).round().astype(int)
-        out = subset(out, idx)
-    return out
+    return limit_samples(out, spec.get("max_samples"))
+
+
+def limit_samples(s: SampleSet, limit: Optional[int]) -> SampleSet:
+    """At most ``limit`` samples, spread evenly over the set (quick evaluations, tests)."""
+    if limit and len(s) > int(limit):
+        return subset(s, np.linspace(0, len(s) - 1, int(limit)).round().astype(int))
+    return s
 
 
 def subset(s: SampleSet, idx) -> SampleSet:
@@ -433,6 +436,33 @@ def subset(s: SampleSet, idx) -> SampleSet:
     return SampleSet(s.name, s.split, s.images[idx], s.classes[idx], s.masks[idx], s.mask_present[idx],
                      s.seg_weight[idx], [s.ids[i] for i in idx], s.kind,
                      [s.meta[i] for i in idx] if s.meta else [], s.skipped, s.volumes)
+
+
+def read_gt_original(meta: dict) -> np.ndarray:
+    """A slice's ground-truth infection mask at its original resolution (from a pack or the file)."""
+    if meta.get("gt_array") is not None:
+        return np.asarray(meta["gt_array"]).astype(bool)
+    from PIL import Image
+
+    with Image.open(meta["mask"]) as im:
+        gt = np.asarray(im.convert("L"))
+    return gt > 0 if meta.get("kind") == "multiclass" else gt >= 128
+
+
+def load_split(cfg: dict, split: str, rep: Representation, lesion_types: Sequence[str] = LESION_TYPES,
+               specs: Optional[Sequence[dict]] = None) -> List[SampleSet]:
+    """A config's samples for ``split``: from its ``data_pack`` when it names one, else the sources."""
+    specs = list(cfg["sources"]) if specs is None else list(specs)
+    if cfg.get("data_pack"):
+        from .pack import read_pack
+
+        by_name = {s.get("name"): s for s in specs}
+        sets = read_pack(cfg["data_pack"], split, rep, cfg["sources"], lesion_types)
+        return [limit_samples(s, by_name[s.name].get("max_samples")) for s in sets
+                if s.name in by_name and len(s)]
+    from .train import resolve_root
+
+    return load_sources(specs, split, rep, resolve_root(cfg), lesion_types)
 
 
 def load_sources(specs: Sequence[dict], split: str, rep: Representation, root: Path,

@@ -25,13 +25,13 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ChestCTMTLLib.model import decode_detections
+from ChestCTMTLLib.model import decode_detections, rescore_detections
 from ChestCTMTLLib.modelio import default_model_dir, load_model
 from ChestCTMTLLib.representation import SliceGeometry
 
 from .batching import boxes_from_mask, eval_items
 from .config import load_config
-from .data import load_sources
+from .data import load_split, read_gt_original
 from .metrics import (FROC_RATES, average_precision, binary_scores, classification_scores, froc,
                       recon_scores, seg_scores)
 
@@ -41,14 +41,6 @@ log = logging.getLogger("ChestCTMTLTraining")
 def geometry_from_dict(d: dict) -> SliceGeometry:
     return SliceGeometry(tuple(d["in_shape"]), int(d["row0"]), int(d["col0"]), int(d["side"]),
                          int(d["input_size"]))
-
-
-def _read_gt_original(meta: dict) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(meta["mask"]) as im:
-        gt = np.asarray(im.convert("L"))
-    return gt > 0 if meta.get("kind") == "multiclass" else gt >= 128
 
 
 def link_slice_detections(dets: List[dict], spacing, max_gap_slices: int = 1) -> List[dict]:
@@ -133,20 +125,20 @@ def _nanmean(v):
 
 def evaluate_model(model=None, data="default", output="eval", split: str = "val",
                    max_per_source: Optional[int] = None, overrides: Optional[dict] = None,
-                   batch_size: int = 16, det_threshold: float = 0.05, probe_format: bool = True) -> dict:
+                   batch_size: int = 16, det_threshold: float = 0.05, probe_format: bool = True,
+                   device: str = "cpu") -> dict:
     t0 = time.time()
     folder = Path(model) if model else default_model_dir()
-    lm = load_model(folder)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm = load_model(folder, device=device)
     net, mcfg, rep = lm.model, lm.config, lm.representation
     cfg = load_config(data, overrides)
-    from .train import resolve_root
-
-    root = resolve_root(cfg)
     specs = [dict(s) for s in cfg["sources"]]
     if max_per_source:
         for s in specs:
             s["max_samples"] = max_per_source
-    sets = load_sources(specs, split, rep, root, mcfg.lesion_types)
+    sets = load_split(cfg, split, rep, mcfg.lesion_types, specs)
     out_dir = Path(output)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = mcfg.tasks
@@ -169,10 +161,13 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
             chunk = items[b0:b0 + batch_size]
             x = torch.stack([it["image"] for _id, it, _m in chunk])
             with torch.inference_mode():
-                out = net(x, tasks=tasks)
+                out = {k: v.float().cpu() for k, v in net(x.to(device), tasks=tasks).items()}
             if "detection" in tasks:
                 dets = decode_detections(out["det_heatmap"], out["det_size"], out["det_offset"],
-                                         mcfg.det_stride, types, score_threshold=det_threshold)
+                                         mcfg.det_stride, types, score_threshold=det_threshold ** 2
+                                         if "seg_logits" in out else det_threshold)
+                if "seg_logits" in out:  # the same scoring as ChestCTMTLLib.inference
+                    dets = rescore_detections(dets, torch.sigmoid(out["seg_logits"]), det_threshold)
             for n, (sid, it, meta) in enumerate(chunk):
                 meta = meta or {}
                 if "class_logits" in out and it["cls"] >= 0:
@@ -188,7 +183,7 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
                         if meta.get("mask") and meta.get("geometry"):
                             geom = geometry_from_dict(meta["geometry"])
                             p = geom.to_input(prob[t][None, None])[0, 0].numpy() >= 0.5
-                            g = _read_gt_original(meta) if t == types.index("covid-infection") \
+                            g = read_gt_original(meta) if t == types.index("covid-infection") \
                                 else np.zeros(p.shape, bool)
                             grid = "original"
                         else:
@@ -238,7 +233,7 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
                                                "w": (d.x1 - d.x0) * geom.scale, "h": (d.y1 - d.y0) * geom.scale,
                                                "score": d.score})
     metrics: dict = {"model": lm.card.get("id"), "model_sha256": lm.identity.sha256,
-                     "data_config": cfg.get("_path"), "split": split,
+                     "data_config": cfg.get("_path"), "data_pack": cfg.get("data_pack"), "split": split,
                      "samples": {s.name: len(s) for s in sets}, "files": files_used}
     # classification
     if cls_true:
@@ -374,7 +369,7 @@ def format_probe(net, rep, sets, mcfg, n_max: int = 40) -> dict:
 
     out = {}
     for s in sets:
-        metas = [m for m in (s.meta or []) if m.get("image")]
+        metas = [m for m in (s.meta or []) if m.get("image") and os.path.isfile(m["image"])]  # absent when packed
         if not metas:
             continue
         idx = np.linspace(0, len(metas) - 1, min(n_max, len(metas))).round().astype(int)
@@ -389,7 +384,8 @@ def format_probe(net, rep, sets, mcfg, n_max: int = 40) -> dict:
             def probs(a):
                 x, _ = gray8_to_model(gray8_to_unit(a), rep)
                 with torch.inference_mode():
-                    return torch.softmax(net(x, tasks=["classification"])["class_logits"][0], 0).numpy()
+                    x = x.to(next(net.parameters()).device)
+                    return torch.softmax(net(x, tasks=["classification"])["class_logits"][0].float().cpu(), 0).numpy()
 
             p0 = probs(arr)
             base_p.append(p0)

@@ -40,7 +40,10 @@ def render(card: dict, metrics: dict, eval_command: str, curves: Optional[str] =
         timing = " in %s s (%s s/step median)" % (tr.get("elapsed_s"), tr.get("seconds_per_step"))
     L.append("Recipe `%s`, regime `%s`, stages %s; %s steps%s on %s." % (
         tr.get("config"), tr.get("regime"),
-        ", ".join("%s (%s, %d steps)" % (s["name"], "+".join(s["tasks"]), s["steps"]) for s in tr.get("stages", [])),
+        ", ".join("%s (%s, %d steps%s)" % (s["name"], "+".join(t[:3] for t in s["tasks"]), s["steps"],
+                                           ", batch %s of %s px" % (s["batch_size"], s.get("crop_size") or "full")
+                                           if s.get("batch_size") else "")
+                  for s in tr.get("stages", [])),
         tr.get("steps_done"), timing, tr.get("device")))
     if tr.get("recipe"):
         L.append("")

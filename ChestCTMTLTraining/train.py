@@ -32,8 +32,8 @@ from ChestCTMTLLib.representation import Representation
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES
 
 from .batching import MixedSampler
-from .config import model_tasks, stage_plan, stages_of
-from .data import load_sources
+from .config import model_tasks, stage_plan
+from .data import load_split
 from .losses import MultiTaskLoss
 
 log = logging.getLogger("ChestCTMTLTraining")
@@ -136,9 +136,8 @@ def plot_curves(log_csv: Path, out_png: Path) -> Optional[Path]:
 
 
 def build_sampler(cfg: dict, rep: Representation, rank: int, lesion_types=LESION_TYPES):
-    root = resolve_root(cfg)
     specs = [s for s in cfg["sources"] if s.get("use_for_training", True)]
-    sets = load_sources(specs, "train", rep, root, lesion_types)
+    sets = load_split(cfg, "train", rep, lesion_types, specs)
     weights = []
     for s in sets:
         spec = next(sp for sp in specs if sp.get("name", s.name) == s.name)
@@ -147,6 +146,58 @@ def build_sampler(cfg: dict, rep: Representation, rank: int, lesion_types=LESION
                            seed=int(cfg["seed"]), rank=rank,
                            class_balance=bool(cfg["train"].get("class_balance", True)))
     return sampler, sets
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` is the batch of step ``first + i``: loader workers change speed, never content."""
+
+    def __init__(self, sampler, first: int, count: int, st: dict):
+        self.sampler, self.first, self.count, self.st = sampler, first, count, st
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int):
+        st = self.st
+        return self.sampler.batch(self.first + i, int(st["batch_size"]), st.get("crop_size"),
+                                  st.get("lesion_crop_p", 0.5))
+
+
+def _one_thread(_worker_id) -> None:
+    torch.set_num_threads(1)
+
+
+def stage_batches(sampler, first: int, count: int, st: dict, workers: int, pin: bool):
+    """Batches for steps first, first+1, ...: in this process, or built ahead by ``workers``
+    processes (a GPU outruns one CPU core building augmented batches)."""
+    ds = _StepBatches(sampler, first, count, st)
+    if workers <= 0:
+        return (ds[i] for i in range(count))
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                            pin_memory=pin, prefetch_factor=4, worker_init_fn=_one_thread))
+
+
+def stage_load(st: dict, input_size: int) -> float:
+    """Relative cost of one step of a stage: pixels per batch."""
+    side = int(st.get("crop_size") or input_size)
+    return float(st["batch_size"]) * side * side
+
+
+def rescale_stages(stages: List[dict], k: int, done_in_stage: int, seconds_per_step: float,
+                   seconds_left: float, input_size: int) -> float:
+    """Scale the rest of stage ``k`` and all later stages so they end in ``seconds_left``.
+
+    Later stages' step times are predicted from this stage's by pixels per batch. Returns the
+    factor used (clamped to [0.05, 20]); ``stages`` is changed in place.
+    """
+    lk = stage_load(stages[k], input_size)
+    rest = (stages[k]["steps"] - done_in_stage) + sum(
+        s["steps"] * stage_load(s, input_size) / lk for s in stages[k + 1:])
+    f = min(20.0, max(0.05, seconds_left / max(1e-9, rest * seconds_per_step)))
+    stages[k]["steps"] = max(done_in_stage + 1, done_in_stage + int(round((stages[k]["steps"] - done_in_stage) * f)))
+    for s in stages[k + 1:]:
+        s["steps"] = max(1, int(round(s["steps"] * f)))
+    return f
 
 
 def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
@@ -181,7 +232,9 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
     opt = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
     loss_fn = MultiTaskLoss(cfg["loss"], len(CLASS_NAMES), cfg["loss"].get("class_weights"))
     stages = stage_plan(cfg)
-    total_steps = sum(s["steps"] for s in stages)
+    budget = float(tcfg.get("time_budget_s") or 0)  # fit the schedule to a wall-clock budget
+    probe = int(tcfg.get("budget_probe_steps", 60))
+    workers = int(tcfg.get("workers", 0))
 
     start = 0
     if resume and ckpt_path.is_file():
@@ -192,6 +245,8 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start = int(ck["step"])
+        for st_, n_ in zip(stages, ck.get("stage_steps") or []):
+            st_["steps"] = int(n_)  # a time-budgeted run resumes with the schedule it had fixed
         if is_main:
             print("resumed from %s at step %d" % (ckpt_path, start), flush=True)
             _rewrite_log(log_csv, start)
@@ -208,6 +263,10 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
     if not (resume and ckpt_path.is_file()) and is_main and log_csv.exists():
         log_csv.unlink()
 
+    total_steps = sum(s["steps"] for s in stages)
+    if use_cuda:
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -219,7 +278,8 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
     def save_ckpt(step):
         if is_main:
             atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                               "architecture": mcfg.to_dict(), "config": cfg}, ckpt_path)
+                               "architecture": mcfg.to_dict(), "config": cfg,
+                               "stage_steps": [s["steps"] for s in stages]}, ckpt_path)
 
     bs = int(tcfg["batch_size"])
     nan_streak, nan_total = 0, 0
@@ -248,11 +308,17 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
     stop_after = int(tcfg.get("stop_after") or 0)  # pause point (resume later with --resume)
     stopped = False
     stage_start = 0
+    scale_factors: List[float] = []
+    over_budget = False
     try:
-        for st in stages:
+        for si, st in enumerate(stages):
             name, tasks, n_steps = st["name"], st["tasks"], st["steps"]
             bs = int(st["batch_size"])
             stage_end = stage_start + n_steps
+            first_in_run = max(step, stage_start)
+            ahead = (stage_end - first_in_run) * (20 if budget else 1)
+            batches = stage_batches(sampler, first_in_run, max(0, ahead), st, workers, use_cuda) \
+                if step < stage_end else iter(())
             while step < stage_end:
                 ts = time.time()
                 # dropout & co. draw from torch's RNG: seed it per step so a resumed run matches
@@ -260,13 +326,15 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
                 lr = lr_at(step - stage_start, n_steps, float(st["lr"]), int(tcfg.get("warmup_steps", 50)))
                 for g in opt.param_groups:
                     g["lr"] = lr
-                batch = sampler.batch(step, bs, st.get("crop_size"), st.get("lesion_crop_p", 0.5))
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                batch = {key: v.to(device, non_blocking=True) for key, v in next(batches).items()}
+                if use_cuda:
+                    batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                     out = net(batch["image"], tasks=tasks)
-                    total, parts = loss_fn(out, batch, tasks)
-                    # keep every computed head in the graph (DDP needs each used parameter to get a grad)
-                    total = total + 0.0 * sum(v.float().mean() for v in out.values())
+                out = {key: v.float() for key, v in out.items()}  # losses (logs, ratios) in float32
+                total, parts = loss_fn(out, batch, tasks)
+                # keep every computed head in the graph (DDP needs each used parameter to get a grad)
+                total = total + 0.0 * sum(v.mean() for v in out.values())
                 finite = torch.isfinite(total).float()
                 if world > 1:
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -310,8 +378,34 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
                             tb.add_scalar("lr", lr, step)
                 if step % int(tcfg.get("checkpoint_every", 100)) == 0:
                     save_ckpt(step)
+                if budget and step - first_in_run == probe and len(step_times) >= probe // 2:
+                    measured = torch.tensor([float(np.median(step_times[-(probe // 2):])),
+                                             budget - (time.time() - t0)], dtype=torch.float64)
+                    if world > 1:  # every rank must take rank 0's plan
+                        measured = measured.to(device)
+                        dist.broadcast(measured, src=0)
+                    f = rescale_stages(stages, si, step - stage_start, float(measured[0]), float(measured[1]),
+                                       mcfg.input_size)
+                    scale_factors.append(round(f, 4))
+                    n_steps = st["steps"]
+                    stage_end = stage_start + n_steps
+                    total_steps = sum(s["steps"] for s in stages)
+                    bar.total = total_steps
+                    print("time budget: stage %s scaled by %.3f -> %d steps; plan %s" % (
+                        name, f, n_steps, [s["steps"] for s in stages]), flush=True)
+                late = torch.tensor(float(budget and time.time() - t0 > 1.15 * budget))
+                if budget and world > 1:
+                    late = late.to(device)
+                    dist.all_reduce(late, op=dist.ReduceOp.MAX)
+                if float(late) > 0:
+                    over_budget = True
+                    print("time budget exceeded by 15%% at step %d: stopping here" % step, flush=True)
+                    break
                 if stop_after and step >= stop_after:
                     break
+            del batches
+            if over_budget:
+                break
             if stop_after and step >= stop_after and step < total_steps:
                 stopped = True
                 break
@@ -342,6 +436,9 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
         "train_samples": {s.name: len(s) for s in sets},
         "skipped": [x for s in sets for x in s.skipped],
         "stopped_early": stopped,
+        "time_budget_s": budget or None, "schedule_scale_factors": scale_factors,
+        "stopped_by_time_budget": over_budget, "stage_steps": [s["steps"] for s in stages],
+        "loader_workers": workers,
     }
     if stopped:
         export = False
@@ -349,7 +446,7 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
         plot_curves(log_csv, output / "curves.png")
         if export:
             card = make_card(cfg, sets, summary)
-            save_model_folder(model.cpu(), mcfg, card, output / "model", representation=rep)
+            save_model_folder(model.cpu().to(memory_format=torch.contiguous_format), mcfg, card, output / "model", representation=rep)
             summary["model"] = str(output / "model")
         with open(output / "summary.json", "w") as f:
             json.dump(summary, f, indent=2)
@@ -385,8 +482,13 @@ def make_card(cfg: dict, sets, summary: dict) -> dict:
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "training": {
             "config": Path(cfg.get("_path", "")).name, "regime": cfg["train"]["regime"],
-            "stages": [{"name": n, "tasks": t, "steps": s} for n, t, s in stages_of(cfg)],
-            "batch_size": cfg["train"]["batch_size"], "lr": cfg["train"]["lr"], "seed": cfg["seed"],
+            # the stages as run (a time budget may have rescaled the configured steps)
+            "stages": [{"name": st["name"], "tasks": st["tasks"], "steps": n, "batch_size": st["batch_size"],
+                        "lr": st["lr"], "crop_size": st.get("crop_size")}
+                       for st, n in zip(stage_plan(cfg), summary.get("stage_steps") or
+                                        [st["steps"] for st in stage_plan(cfg)])],
+            "init_from": cfg["train"].get("init_from"), "time_budget_s": summary.get("time_budget_s"),
+            "seed": cfg["seed"],
             "loss": cfg["loss"], "steps_done": summary["steps"], "elapsed_s": summary["elapsed_s"],
             "seconds_per_step": summary["seconds_per_step"], "device": summary["device"],
             "world_size": summary["world_size"], "torch": torch.__version__, "python": platform.python_version(),

@@ -335,7 +335,7 @@ def _analyze(volume, model, device, tasks, score_threshold, batch_size, progress
              seg_threshold, min_island_mm3, min_finding_extent_mm, channels_last, tune_threads):
     import torch
 
-    from .model import decode_detections
+    from .model import decode_detections, rescore_detections
     from .representation import geometry_for_volume, hu_slices_to_model
 
     t_start = time.perf_counter()
@@ -434,7 +434,10 @@ def _analyze(volume, model, device, tasks, score_threshold, batch_size, progress
             if "det_heatmap" in out:
                 dets = decode_detections(out["det_heatmap"], out["det_size"], out["det_offset"],
                                          stride=config.det_stride, lesion_types=lesion_types,
-                                         score_threshold=score_threshold)
+                                         score_threshold=score_threshold ** 2 if "seg_logits" in out
+                                         else score_threshold)
+                if "seg_logits" in out:  # confidence = detection x segmentation agreement
+                    dets = rescore_detections(dets, torch.sigmoid(out["seg_logits"]), score_threshold)
                 for s_idx, per_slice in zip(idx.tolist(), dets):
                     for d in per_slice:
                         cx0, ry0 = geometry.model_to_input_xy(d.x0, d.y0)
