@@ -75,7 +75,7 @@ def cmd_ablation(a) -> int:
     from .ablation import run_ablation
 
     table = run_ablation(a.config, a.output, steps=a.steps, input_size=a.input_size, rows=a.rows,
-                         resume=a.resume, data_pack=a.pack)
+                         resume=a.resume, data_pack=a.pack, seeds=a.seeds)
     print(table)
     return 0
 
@@ -152,6 +152,8 @@ def main(argv=None) -> int:
     b.add_argument("--rows", nargs="*", default=None, help="subset of rows to run")
     b.add_argument("--resume", action="store_true", help="reuse finished rows")
     b.add_argument("--pack", help="read samples from this data pack instead of the sources")
+    b.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="train every row once per seed; the table shows mean ± sd")
     b.set_defaults(func=cmd_ablation)
 
     n = sub.add_parser("bundle", help="make a model folder for Resources/Models from a chain of runs")

@@ -29,7 +29,11 @@ COLUMNS = [("covid_dice", "COVID Dice"), ("nodule_dice", "nodule Dice"), ("accur
 
 def run_ablation(config: str = "ablation", output="ablation", steps: Optional[int] = None,
                  input_size: Optional[int] = None, rows: Optional[List[str]] = None,
-                 resume: bool = False, data_pack: Optional[str] = None) -> str:
+                 resume: bool = False, data_pack: Optional[str] = None,
+                 seeds: Optional[List[int]] = None) -> str:
+    """Train and evaluate each row; with ``seeds``, each row once per seed (folders
+    ``<row>-seed<N>``) and the table shows mean ± standard deviation over the seeds, because one
+    run per row cannot tell a 1-2 point difference from seed noise."""
     from .config import load_config
     from .evaluate import evaluate_model
     from .train import run_training
@@ -41,8 +45,11 @@ def run_ablation(config: str = "ablation", output="ablation", steps: Optional[in
     if unknown:
         raise ValueError("unknown ablation rows %s (known: %s)" % (unknown, list(ROWS)))
     results = {}
-    for name in names:
+    jobs = [(name, None) for name in names] if not seeds else [(n, int(sd)) for n in names for sd in seeds]
+    for name, seed in jobs:
         over = json.loads(json.dumps(ROWS[name]))
+        if seed is not None:
+            over["seed"] = seed
         if steps:
             over["train"]["steps"] = int(steps)
             over["train"]["stages"] = []
@@ -51,7 +58,7 @@ def run_ablation(config: str = "ablation", output="ablation", steps: Optional[in
         if data_pack:
             over["data_pack"] = str(data_pack)
         cfg = load_config(config, over)
-        run_dir = out / name
+        run_dir = out / (name if seed is None else "%s-seed%d" % (name, seed))
         summary_path = run_dir / "summary.json"
         if resume and summary_path.is_file() and (run_dir / "model" / "model.json").is_file():
             summary = json.loads(summary_path.read_text())
@@ -64,16 +71,37 @@ def run_ablation(config: str = "ablation", output="ablation", steps: Optional[in
         else:
             metrics = evaluate_model(run_dir / "model", config, run_dir / "eval", probe_format=False, device="auto",
                                      overrides={k: over[k] for k in ("model", "data_pack") if k in over})
-        results[name] = {"backbone": cfg["model"]["backbone"], "tasks": cfg["train"]["tasks"],
-                         "parameters": summary.get("parameters"), "steps": summary.get("steps"),
-                         "seconds_per_step": summary.get("seconds_per_step"),
-                         "input_size": cfg["model"]["input_size"], **metrics["headline"]}
+        results.setdefault(name, []).append(
+            {"backbone": cfg["model"]["backbone"], "tasks": cfg["train"]["tasks"],
+             "parameters": summary.get("parameters"), "steps": summary.get("steps"),
+             "seconds_per_step": summary.get("seconds_per_step"), "seed": cfg["seed"],
+             "input_size": cfg["model"]["input_size"], **metrics["headline"]})
+    results = {name: combine_seeds(runs) for name, runs in results.items()}
     table = format_table(results)
     tmp = out / "ablation.md.tmp"
     tmp.write_text(table + "\n")
     os.replace(tmp, out / "ablation.md")
     (out / "ablation.json").write_text(json.dumps(results, indent=2))
     return table
+
+
+def combine_seeds(runs: List[dict]) -> dict:
+    """One row from runs that differ only in seed: means, plus ``sd`` when there are several."""
+    import numpy as np
+
+    row = dict(runs[0])
+    if len(runs) == 1:
+        return row
+    row["seeds"] = [r["seed"] for r in runs]
+    row["sd"] = {}
+    for key, _label in COLUMNS + [("seconds_per_step", "")]:
+        vals = [r.get(key) for r in runs]
+        if all(isinstance(v, (int, float)) for v in vals):
+            arr = np.asarray(vals, float)
+            ok = arr[np.isfinite(arr)]
+            row[key] = float(ok.mean()) if ok.size else float("nan")
+            row["sd"][key] = float(ok.std(ddof=1)) if ok.size > 1 else float("nan")
+    return row
 
 
 def format_table(results: dict) -> str:
@@ -85,6 +113,10 @@ def format_table(results: dict) -> str:
                  "%.2f" % r["seconds_per_step"] if r.get("seconds_per_step") else "", str(r["input_size"])]
         for key, _label in COLUMNS:
             v = r.get(key)
-            cells.append("—" if v is None or v != v else "%.3f" % v)
+            sd = (r.get("sd") or {}).get(key)
+            cell = "—" if v is None or v != v else "%.3f" % v
+            if sd is not None and sd == sd and cell != "—":
+                cell += " ± %.3f" % sd
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -206,6 +206,34 @@ def test_ablation_produces_a_table(tmp_path, data_dir):
     assert res["joint-fast"]["parameters"] > res["cls-only-fast"]["parameters"]
 
 
+def test_ablation_over_seeds_reports_mean_and_sd(tmp_path, data_dir):
+    cfg = _tiny_config(tmp_path, data_dir, steps=2)
+    r = _run(["ablation", "--config", str(cfg), "--output", str(tmp_path / "ab"), "--steps", "2",
+              "--rows", "cls-only-fast", "--seeds", "1", "2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "ab" / "cls-only-fast-seed1" / "model").is_dir()
+    assert (tmp_path / "ab" / "cls-only-fast-seed2" / "model").is_dir()
+    res = json.loads((tmp_path / "ab" / "ablation.json").read_text())["cls-only-fast"]
+    assert res["seeds"] == [1, 2]
+    accs = [json.loads((tmp_path / "ab" / ("cls-only-fast-seed%d" % s) / "eval" / "metrics.json").read_text())
+            ["headline"]["accuracy"] for s in (1, 2)]
+    assert res["accuracy"] == pytest.approx(np.mean(accs))
+    assert res["sd"]["accuracy"] == pytest.approx(np.std(accs, ddof=1))
+    assert " ± " in (tmp_path / "ab" / "ablation.md").read_text()
+
+
+def test_combine_seeds_known_answer():
+    from ChestCTMTLTraining.ablation import combine_seeds
+
+    runs = [{"seed": s, "covid_dice": d, "accuracy": a, "backbone": "fast"}
+            for s, d, a in ((0, 0.70, 0.80), (1, 0.74, float("nan")), (2, 0.72, 0.84))]
+    row = combine_seeds(runs)
+    assert row["covid_dice"] == pytest.approx(0.72) and row["sd"]["covid_dice"] == pytest.approx(0.02)
+    assert row["accuracy"] == pytest.approx(0.82)  # a failed (NaN) run is left out, not averaged in
+    assert row["seeds"] == [0, 1, 2] and row["backbone"] == "fast"
+    assert combine_seeds(runs[:1]) == runs[0]
+
+
 def test_chestctmtl_analyze_loads_the_smoke_model(smoke_run, small_ct, tmp_path):
     """What training exports is what the product loads: no conversion step in between."""
     from ChestCTMTLLib.volume_io import write_ct
