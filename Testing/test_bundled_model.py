@@ -59,3 +59,18 @@ def test_best_nodule_finding_lies_on_the_expert_tumour(bundled, case):
         f"[{np.round(lo, 1)}, {np.round(hi, 1)}]")
     # The segmentation overlaps the tumour too.
     assert result.lesion_masks["nodule-mass"][label.array > 0].any()
+
+
+def test_card_covid_dice_is_reproduced_by_the_evaluation_command(bundled, data_dir, tmp_path):
+    """The card's headline number comes from `evaluate`, not from a hand: rerun it on the
+    held-out COVID-SemiSeg doctor slices (the only source that number depends on)."""
+    from ChestCTMTLTraining.config import load_config
+    from ChestCTMTLTraining.evaluate import evaluate_model
+
+    spec = [s for s in load_config("default")["sources"] if s["name"] == "covid-doctor"]
+    m = evaluate_model(modelio.default_model_dir(), "default", tmp_path / "eval", probe_format=False,
+                       overrides={"sources": spec, "data_root": str(data_dir)})
+    assert m["model_sha256"] == bundled.identity.sha256
+    assert m["samples"] == {"covid-doctor": 10}
+    assert m["headline"]["covid_dice"] == pytest.approx(bundled.card["metrics"]["validation"]["covid_dice"],
+                                                        abs=1e-4)
