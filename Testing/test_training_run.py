@@ -95,14 +95,19 @@ def test_resume_continues_where_it_stopped(tmp_path, data_dir):
         assert torch.allclose(wa[k].float(), wc[k].float(), atol=1e-5), k
 
 
+def _torchrun(cfg: Path, out: Path, timeout: int = 600):
+    """``train`` as 2 CPU processes (gloo) under torchrun."""
+    e = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "ChestCTMTLTraining", "train", "--config", str(cfg), "--output", str(out), "--quiet"],
+                          cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+
+
 def test_torchrun_time_budget_and_workers_keep_ranks_in_step(tmp_path, data_dir):
     """Rank 0's measured speed decides every rank's schedule; a disagreement would hang DDP."""
     cfg = _tiny_config(tmp_path, data_dir, steps=300, time_budget_s=5, budget_probe_steps=4, workers=1)
     out = tmp_path / "ddp-budget"
-    e = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "ChestCTMTLTraining", "train", "--config", str(cfg), "--output", str(out), "--quiet"],
-                       cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+    r = _torchrun(cfg, out, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "rank0_weights.sha256").read_text() == (out / "rank1_weights.sha256").read_text()
     summary = json.loads((out / "summary.json").read_text())
@@ -113,10 +118,7 @@ def test_torchrun_time_budget_and_workers_keep_ranks_in_step(tmp_path, data_dir)
 def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, data_dir):
     cfg = _tiny_config(tmp_path, data_dir, steps=3)
     out = tmp_path / "ddp"
-    e = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "ChestCTMTLTraining", "train", "--config", str(cfg), "--output", str(out), "--quiet"],
-                       cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
+    r = _torchrun(cfg, out)
     assert r.returncode == 0, r.stderr[-3000:]
     h0 = (out / "rank0_weights.sha256").read_text().strip()
     h1 = (out / "rank1_weights.sha256").read_text().strip()
