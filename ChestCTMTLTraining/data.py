@@ -21,7 +21,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -436,6 +436,15 @@ def subset(s: SampleSet, idx) -> SampleSet:
     return SampleSet(s.name, s.split, s.images[idx], s.classes[idx], s.masks[idx], s.mask_present[idx],
                      s.seg_weight[idx], [s.ids[i] for i in idx], s.kind,
                      [s.meta[i] for i in idx] if s.meta else [], s.skipped, s.volumes)
+
+
+def json_default(o):
+    """``json.dump(default=...)`` for numpy scalars and arrays in metrics, metas and packs."""
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError("not JSON serialisable: %r" % type(o))
 
 
 def read_gt_original(meta: dict) -> np.ndarray:

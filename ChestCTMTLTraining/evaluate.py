@@ -25,14 +25,14 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ChestCTMTLLib.model import decode_detections, rescore_detections
-from ChestCTMTLLib.modelio import default_model_dir, load_model
+from ChestCTMTLLib.inference import resolve_device, resolve_model
+from ChestCTMTLLib.model import detections_from_outputs
 from ChestCTMTLLib.representation import SliceGeometry
 
 from .batching import boxes_from_mask, eval_items
 from .config import load_config
-from .data import load_split, read_gt_original
-from .metrics import (FROC_RATES, average_precision, binary_scores, classification_scores, froc,
+from .data import json_default, load_split, read_gt_original
+from .metrics import (average_precision, binary_scores, classification_scores, froc,
                       recon_scores, seg_scores)
 
 log = logging.getLogger("ChestCTMTLTraining")
@@ -128,10 +128,8 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
                    batch_size: int = 16, det_threshold: float = 0.05, probe_format: bool = True,
                    device: str = "cpu") -> dict:
     t0 = time.time()
-    folder = Path(model) if model else default_model_dir()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm = load_model(folder, device=device)
+    device = resolve_device(device)
+    lm = resolve_model(model or None, device=device)
     net, mcfg, rep = lm.model, lm.config, lm.representation
     cfg = load_config(data, overrides)
     specs = [dict(s) for s in cfg["sources"]]
@@ -163,11 +161,7 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
             with torch.inference_mode():
                 out = {k: v.float().cpu() for k, v in net(x.to(device), tasks=tasks).items()}
             if "detection" in tasks:
-                dets = decode_detections(out["det_heatmap"], out["det_size"], out["det_offset"],
-                                         mcfg.det_stride, types, score_threshold=det_threshold ** 2
-                                         if "seg_logits" in out else det_threshold)
-                if "seg_logits" in out:  # the same scoring as ChestCTMTLLib.inference
-                    dets = rescore_detections(dets, torch.sigmoid(out["seg_logits"]), det_threshold)
+                dets = detections_from_outputs(out, mcfg.det_stride, types, det_threshold)
             for n, (sid, it, meta) in enumerate(chunk):
                 meta = meta or {}
                 if "class_logits" in out and it["cls"] >= 0:
@@ -436,14 +430,6 @@ def headline(m: dict) -> dict:
     return h
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o))
-
-
 def write_report(m: dict, out_dir: Path, examples, scans_det) -> None:
     import matplotlib
 
@@ -502,14 +488,14 @@ def write_report(m: dict, out_dir: Path, examples, scans_det) -> None:
         figs.append("segmentation_examples.png")
     tmp = out_dir / "metrics.json.tmp"
     with open(tmp, "w") as fh:
-        json.dump(m, fh, indent=2, default=_json_default)
+        json.dump(m, fh, indent=2, default=json_default)
     os.replace(tmp, out_dir / "metrics.json")
     lines = ["# Evaluation of %s" % m.get("model"), "",
              "Data config: `%s`, split `%s`; samples: %s" % (m.get("data_config"), m.get("split"),
                                                               ", ".join("%s %d" % kv for kv in m["samples"].items())),
              "", "## Headline", "", "| metric | value |", "|---|---|"]
     for k, v in m["headline"].items():
-        lines.append("| %s | %s |" % (k, json.dumps(v, default=_json_default) if isinstance(v, dict) else
+        lines.append("| %s | %s |" % (k, json.dumps(v, default=json_default) if isinstance(v, dict) else
                                     ("%.4f" % v if isinstance(v, float) else v)))
     if "segmentation" in m:
         lines += ["", "## Segmentation", "", "| lesion type | source | grid | n | Dice | IoU | HD95 (px) |",
@@ -542,7 +528,7 @@ def write_report(m: dict, out_dir: Path, examples, scans_det) -> None:
             lines.append("%s: lesions %d, CPM %.3f, sensitivity at FP/scan %s" % (
                 key, m[key]["lesions"], m[key]["cpm"], json.dumps(m[key]["sensitivity"])))
     if "scans" in m:
-        lines += ["", "## Held-out scans", "", "```", json.dumps(m["scans"], indent=1, default=_json_default), "```"]
+        lines += ["", "## Held-out scans", "", "```", json.dumps(m["scans"], indent=1, default=json_default), "```"]
     if "format_sensitivity" in m:
         lines += ["", "## Format sensitivity of the classifier", "", "```",
                   json.dumps(m["format_sensitivity"], indent=1), "```"]

@@ -4,7 +4,7 @@ CenterNet boxes or our 3D merging, so these are written out here and tested on k
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch

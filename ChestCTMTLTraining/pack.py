@@ -26,7 +26,7 @@ import numpy as np
 from ChestCTMTLLib.representation import Representation
 from ChestCTMTLLib.results import LESION_TYPES
 
-from .data import SampleSet, load_sources, read_gt_original
+from .data import SampleSet, json_default, load_sources, read_gt_original
 
 PACK_FORMAT = "chestctmtl-pack-1"
 
@@ -47,16 +47,6 @@ def pack_digest(sources: Sequence[dict], rep: Representation, lesion_types: Sequ
 
 def _to_u8(images: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(images.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _jsonable(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    raise TypeError("not JSON serialisable: %r" % type(o))
 
 
 def write_pack(cfg: dict, output, splits: Sequence[str] = ("train", "val"),
@@ -89,7 +79,7 @@ def write_pack(cfg: dict, output, splits: Sequence[str] = ("train", "val"),
             entries.append({"name": s.name, "kind": s.kind, "ids": list(s.ids), "meta": s.meta,
                             "skipped": s.skipped, "volumes": s.volumes, "gt_original": gts})
         header["splits"][split] = entries
-    arrays["header"] = np.frombuffer(json.dumps(header, default=_jsonable).encode(), np.uint8)
+    arrays["header"] = np.frombuffer(json.dumps(header, default=json_default).encode(), np.uint8)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp-%d" % os.getpid())
     try:

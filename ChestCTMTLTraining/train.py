@@ -200,6 +200,15 @@ def rescale_stages(stages: List[dict], k: int, done_in_stage: int, seconds_per_s
     return f
 
 
+def _over_budget(late: bool, world: int, device) -> bool:
+    """True on every rank when any rank is past the time budget (ranks must stop together)."""
+    if world > 1:
+        flag = torch.tensor(float(late), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+    return late
+
+
 def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
                  progress: bool = True) -> Dict:
     """Train per ``cfg`` into ``output``; returns a summary dict (also written as summary.json)."""
@@ -393,11 +402,7 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
                     bar.total = total_steps
                     print("time budget: stage %s scaled by %.3f -> %d steps; plan %s" % (
                         name, f, n_steps, [s["steps"] for s in stages]), flush=True)
-                late = torch.tensor(float(budget and time.time() - t0 > 1.15 * budget))
-                if budget and world > 1:
-                    late = late.to(device)
-                    dist.all_reduce(late, op=dist.ReduceOp.MAX)
-                if float(late) > 0:
+                if budget and _over_budget(time.time() - t0 > 1.15 * budget, world, device):
                     over_budget = True
                     print("time budget exceeded by 15%% at step %d: stopping here" % step, flush=True)
                     break

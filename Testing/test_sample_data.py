@@ -1,7 +1,6 @@
 """The main job's sample CT: fetched once at set-up, verified, real HU chest CT."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 

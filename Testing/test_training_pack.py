@@ -13,7 +13,8 @@ import yaml
 
 from ChestCTMTLTraining.config import load_config
 from ChestCTMTLTraining.data import load_sources, read_gt_original
-from ChestCTMTLTraining.pack import PackError, _jsonable, read_pack, write_pack
+from ChestCTMTLTraining.data import json_default
+from ChestCTMTLTraining.pack import PackError, read_pack, write_pack
 from ChestCTMTLTraining.train import representation_of, rescale_stages, resolve_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +45,8 @@ def test_pack_holds_what_the_sources_give(smoke_pack):
             err = np.abs(p.images.astype(np.float32) - np.clip(d.images.astype(np.float32), 0, 1))
             assert err.max() <= 0.5 / 255 + 1e-3
             for mp, md in zip(p.meta, d.meta):
-                assert {k: v for k, v in mp.items() if k != "gt_array"} == json.loads(json.dumps(md, default=_jsonable))
-            assert json.loads(json.dumps(d.volumes, default=_jsonable)) == p.volumes
+                assert {k: v for k, v in mp.items() if k != "gt_array"} == json.loads(json.dumps(md, default=json_default))
+            assert json.loads(json.dumps(d.volumes, default=json_default)) == p.volumes
     # COVID doctor slices are scored at their original size: the original mask travels along
     val = {s.name: s for s in read_pack(path, "val", rep, cfg["sources"])}
     metas = [m for m in val["covid-doctor"].meta if m.get("mask")]

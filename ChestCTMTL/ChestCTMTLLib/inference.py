@@ -335,7 +335,7 @@ def _analyze(volume, model, device, tasks, score_threshold, batch_size, progress
              seg_threshold, min_island_mm3, min_finding_extent_mm, channels_last, tune_threads):
     import torch
 
-    from .model import decode_detections, rescore_detections
+    from .model import detections_from_outputs
     from .representation import geometry_for_volume, hu_slices_to_model
 
     t_start = time.perf_counter()
@@ -420,8 +420,9 @@ def _analyze(volume, model, device, tasks, score_threshold, batch_size, progress
             t = lap("forward", t)
             if "class_logits" in out:
                 slice_probs.append(torch.softmax(out["class_logits"], dim=1).numpy())
-            if "seg_logits" in out:
-                prob = geometry.to_input(torch.sigmoid(out["seg_logits"]), fill=0.0)
+            seg_prob = torch.sigmoid(out["seg_logits"]) if "seg_logits" in out else None
+            if seg_prob is not None:
+                prob = geometry.to_input(seg_prob, fill=0.0)
                 on = (prob > seg_threshold).numpy()
                 for ti, mv in enumerate(mask_views):
                     mv[idx] = on[:, ti]
@@ -432,12 +433,8 @@ def _analyze(volume, model, device, tasks, score_threshold, batch_size, progress
                 recon_view[idx] = torch.round(hu[:, 0]).clamp_(-32768, 32767).numpy().astype(
                     np.int16)
             if "det_heatmap" in out:
-                dets = decode_detections(out["det_heatmap"], out["det_size"], out["det_offset"],
-                                         stride=config.det_stride, lesion_types=lesion_types,
-                                         score_threshold=score_threshold ** 2 if "seg_logits" in out
-                                         else score_threshold)
-                if "seg_logits" in out:  # confidence = detection x segmentation agreement
-                    dets = rescore_detections(dets, torch.sigmoid(out["seg_logits"]), score_threshold)
+                dets = detections_from_outputs(out, config.det_stride, lesion_types, score_threshold,
+                                               seg_prob)
                 for s_idx, per_slice in zip(idx.tolist(), dets):
                     for d in per_slice:
                         cx0, ry0 = geometry.model_to_input_xy(d.x0, d.y0)

@@ -28,7 +28,7 @@ Design choices and why:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -469,3 +469,18 @@ def rescore_detections(dets: List[List[Detection2D]], seg_prob,
                 kept.append(Detection2D(d.type_index, d.type, score, d.x0, d.y0, d.x1, d.y1))
         out.append(kept)
     return out
+
+
+def detections_from_outputs(out: Dict[str, torch.Tensor], stride: int, lesion_types: Sequence[str],
+                            score_threshold: float, seg_prob=None) -> List[List[Detection2D]]:
+    """The findings' boxes of one batch of network outputs, as inference and evaluation see them:
+    decoded detection-head boxes, scored by :func:`rescore_detections` when the segmentation
+    head ran (``seg_prob``: its sigmoid output, if the caller already has it)."""
+    if "seg_logits" not in out:
+        return decode_detections(out["det_heatmap"], out["det_size"], out["det_offset"], stride,
+                                 lesion_types, score_threshold=score_threshold)
+    dets = decode_detections(out["det_heatmap"], out["det_size"], out["det_offset"], stride,
+                             lesion_types, score_threshold=score_threshold ** 2)
+    if seg_prob is None:
+        seg_prob = torch.sigmoid(out["seg_logits"])
+    return rescore_detections(dets, seg_prob, score_threshold)

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .volume import AIR_HU  # noqa: F401  (re-exported: part of this module's API)
 
 DEFAULT_HU_WINDOW = (-1000.0, 200.0)
 DEFAULT_INPUT_SIZE = 256
