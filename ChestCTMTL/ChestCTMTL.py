@@ -40,6 +40,8 @@ if _MODULE_DIR not in sys.path:
     sys.path.insert(0, _MODULE_DIR)
 
 from ChestCTMTLLib import errors  # noqa: E402  (numpy-only imports; torch is imported lazily)
+from ChestCTMTLLib.options import (DEVICES, FALLBACK_SCORE_THRESHOLD, RANGES,  # noqa: E402
+                                   AnalysisOptions)
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES  # noqa: E402
 from ChestCTMTLMRML import nodes as resultnodes  # noqa: E402  (slicer/vtk only, no Qt)
 
@@ -50,7 +52,6 @@ CLASS_LABELS = {"non-covid": "Non-COVID", "covid": "COVID-19", "cancer": "Cancer
 PYTHON_REQUIREMENTS = (("torch", None), ("safetensors", "safetensors"),
                        ("SimpleITK", "SimpleITK"), ("skimage", "scikit-image"))
 MINIMUM_TORCH_VERSION = "2.0"
-DEFAULT_SCORE_THRESHOLD = 0.3  # same as ChestCTMTLLib.inference.DEFAULT_SCORE_THRESHOLD
 
 
 #: Raised when a volume already has results and replacing them was not allowed.
@@ -136,16 +137,20 @@ class ChestCTMTLParameterNode:
     modelId - registry id of the model ("" = the registry's default).
     device - "auto" (GPU when available), "cpu" or "cuda".
     createSegmentation/createReconstruction/createDetections - which results to create.
-    scoreThreshold - detections scoring below are not reported.
+    scoreThreshold - findings scoring below are not listed. Its range is
+      ``ChestCTMTLLib.options.RANGES``; the Logic sets it to the selected model's calibrated
+      operating point when the node is created and the widget whenever the model changes
+      (the class default is only the value for a model without calibration).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     modelId: str = ""
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICES))] = AnalysisOptions().device
     createSegmentation: bool = True
     createReconstruction: bool = True
     createDetections: bool = True
-    scoreThreshold: Annotated[float, WithinRange(0.05, 0.95)] = DEFAULT_SCORE_THRESHOLD
+    scoreThreshold: Annotated[float, WithinRange(*RANGES["score_threshold"])] = \
+        FALLBACK_SCORE_THRESHOLD
 
 
 #
@@ -194,6 +199,9 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.findingsTableWidget.horizontalHeader().setStretchLastSection(True)
         self._populateModels()
         self.ui.deviceInfoLabel.text = self.logic.deviceDescription()
+        low, high = RANGES["score_threshold"]  # the one range (the .ui file's is replaced)
+        self.ui.scoreThresholdSliderWidget.minimum = low
+        self.ui.scoreThresholdSliderWidget.maximum = high
 
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(self.POLL_INTERVAL_MS)
@@ -310,7 +318,10 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelChanged(self, index: int) -> None:
         if self._parameterNode and index >= 0:
-            self._parameterNode.modelId = self.ui.modelComboBox.itemData(index) or ""
+            modelId = self.ui.modelComboBox.itemData(index) or ""
+            self._parameterNode.modelId = modelId
+            # operating points belong to a model: start from the new model's calibrated one
+            self._parameterNode.scoreThreshold = self.logic.calibratedScoreThreshold(modelId or None)
         self._showModelInfo()
 
     def _showModelInfo(self) -> None:
@@ -610,12 +621,18 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._loadedModels: Dict[tuple, object] = {}
-        self._modelLock = threading.Lock()
+        self._analyzers: Dict[tuple, object] = {}
+        self._analyzerLock = threading.Lock()
         self._thoroughChecks: Dict[tuple, Optional[str]] = {}
 
     def getParameterNode(self):
-        return ChestCTMTLParameterNode(super().getParameterNode())
+        """The module's parameter node; a new one starts at its model's calibrated threshold."""
+        node = super().getParameterNode()
+        fresh = not node.HasParameter("scoreThreshold")
+        parameters = ChestCTMTLParameterNode(node)
+        if fresh:
+            parameters.scoreThreshold = self.calibratedScoreThreshold(parameters.modelId or None)
+        return parameters
 
     # -------------------------------------------------------------------- environment
     @staticmethod
@@ -747,21 +764,58 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
             return folder
         raise TypeError("model must be None, a registry id or a folder, not {!r}".format(type(model)))
 
-    def _loadModel(self, model, device: str):
-        """Load once per (folder, device) and reuse: loading verifies a checksum of the weights."""
+    def calibratedScoreThreshold(self, model=None) -> float:
+        """The model's calibrated operating point (its calibration.json), for the panel.
+
+        Never raises: without PyTorch yet, or with a missing or damaged model, the panel shows
+        the options' fallback (analysing such a model fails later with the real reason).
+        """
+        try:
+            from ChestCTMTLLib import calibration, modelio
+
+            folder = self.resolveModelFolder(model)
+            value = calibration.load_calibration(folder, modelio.read_card(folder)).score_threshold
+        except (ImportError, OSError, ValueError, errors.ChestCTMTLError):
+            return FALLBACK_SCORE_THRESHOLD
+        low, high = RANGES["score_threshold"]
+        return min(high, max(low, float(value)))
+
+    def analysisOptions(self, device: str = "auto", createSegmentation: bool = True,
+                        createReconstruction: bool = True, createDetections: bool = True,
+                        scoreThreshold: Optional[float] = None) -> AnalysisOptions:
+        """The panel's choices as the core's AnalysisOptions (validated: raises OptionError).
+
+        ``scoreThreshold`` None: the model's calibrated operating point.
+        """
+        return AnalysisOptions(
+            device=device, score_threshold=None if scoreThreshold is None else float(scoreThreshold),
+            tasks=tuple(self.tasksFor(createSegmentation, createReconstruction, createDetections)))
+
+    def getAnalyzer(self, model=None, options: Optional[AnalysisOptions] = None):
+        """An ``inference.Analyzer`` for ``model`` with ``options``, cached per (model folder,
+        device): the model is loaded (and its checksum verified) once, and other options reuse
+        the loaded weights. ``model``: None/"" (registry default), a registry id, a folder or a
+        ``modelio.LoadedModel``.
+
+        The device is resolved first, so an unavailable GPU is reported as such even when the
+        model is missing too.
+        """
         from ChestCTMTLLib import inference
 
+        options = options or AnalysisOptions()
         if model is not None and hasattr(model, "model") and hasattr(model, "identity"):
-            return model  # an already loaded modelio.LoadedModel
-        dev = inference.resolve_device(device)
+            return inference.Analyzer(model, options)  # an already loaded modelio.LoadedModel
+        options = options.replace(device=inference.resolve_device(options.device))
         folder = self.resolveModelFolder(model)
-        key = (str(Path(folder).resolve()), dev)
-        with self._modelLock:
-            loaded = self._loadedModels.get(key)
-            if loaded is None:
-                loaded = inference.resolve_model(folder, dev)
-                self._loadedModels = {key: loaded}  # keep one: models can be large on a GPU
-            return loaded
+        key = (str(Path(folder).resolve()), options.device)
+        with self._analyzerLock:
+            analyzer = self._analyzers.get(key)
+            if analyzer is None:
+                analyzer = inference.Analyzer(folder, options)
+            elif analyzer.options != options:
+                analyzer = inference.Analyzer(analyzer.loaded, options)  # same weights, no reload
+            self._analyzers = {key: analyzer}  # keep one: models can be large on a GPU
+            return analyzer
 
     # -------------------------------------------------------------------- input
     def inputProblem(self, volumeNode, thorough: bool = False) -> Optional[str]:
@@ -833,30 +887,28 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
     def analyzeCT(self, ct, model=None, device: str = "auto", progressCallback=None, cancel=None,
                   createSegmentation: bool = True, createReconstruction: bool = True,
                   createDetections: bool = True, scoreThreshold: Optional[float] = None):
-        """The numbers for one CTVolume (ChestCTMTLLib.inference.analyze); touches no MRML, so
-        it may run in a worker thread."""
-        from ChestCTMTLLib import inference
-
+        """The numbers for one CTVolume (``Analyzer.apply`` of :meth:`getAnalyzer`); touches no
+        MRML. ``scoreThreshold`` None: the model's calibrated operating point."""
         if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
             raise errors.Cancelled()
-        loaded = self._loadModel(model, device)
-        return inference.analyze(
-            ct, model=loaded, device=loaded.device,
-            tasks=self.tasksFor(createSegmentation, createReconstruction, createDetections),
-            score_threshold=DEFAULT_SCORE_THRESHOLD if scoreThreshold is None else float(scoreThreshold),
-            progress=progressCallback, cancel=cancel)
+        analyzer = self.getAnalyzer(model, self.analysisOptions(
+            device, createSegmentation, createReconstruction, createDetections, scoreThreshold))
+        return analyzer.apply(ct, progress=progressCallback, cancel=cancel)
 
-    def startAnalysis(self, ct, model=None, device: str = "auto", **kwargs) -> AnalysisJob:
-        """Run :meth:`analyzeCT` in a worker thread; poll the returned job from the main thread.
+    def startAnalysis(self, ct, model=None, device: str = "auto", createSegmentation: bool = True,
+                      createReconstruction: bool = True, createDetections: bool = True,
+                      scoreThreshold: Optional[float] = None) -> AnalysisJob:
+        """Run the analysis in a worker thread; poll the returned job from the main thread.
 
-        The model is loaded here, on the calling thread, so a missing or corrupt model fails
-        at once (and torch is first imported on the main thread, not in the worker).
+        Options and model are resolved here, on the calling thread (one Analyzer), so a bad
+        option, a missing or corrupt model or an absent GPU fails at once (and torch is first
+        imported on the main thread, not in the worker).
         """
-        loaded = self._loadModel(model, device)
+        analyzer = self.getAnalyzer(model, self.analysisOptions(
+            device, createSegmentation, createReconstruction, createDetections, scoreThreshold))
 
         def target(report, cancelEvent):
-            return self.analyzeCT(ct, model=loaded, device=loaded.device, progressCallback=report,
-                                  cancel=cancelEvent, **kwargs)
+            return analyzer.apply(ct, progress=report, cancel=cancelEvent)
 
         return AnalysisJob(target).start()
 
@@ -869,9 +921,10 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
         ``replace``: the volume's previous results are replaced, else their presence is a
         :class:`ResultsExistError`; other volumes' results are never touched.
         """
+        # no score threshold here: the Analyzer's operating point already chose the findings
         options = resultnodes.ResultOptions(segmentation=createSegmentation,
                                             reconstruction=createReconstruction,
-                                            detections=createDetections, score_threshold=0.0)
+                                            detections=createDetections)
         return resultnodes.create_result_nodes(self._scene(), inputVolume, result, replace=replace,
                                                options=options)
 
@@ -884,6 +937,8 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
         :param inputVolume: vtkMRMLScalarVolumeNode with a chest CT in HU (never modified).
         :param model: None (registry default), a registry id, a model folder or a LoadedModel.
         :param device: "auto", "cpu" or "cuda".
+        :param scoreThreshold: list findings scoring at least this (range
+            ``ChestCTMTLLib.options.RANGES``); None: the model's calibrated operating point.
         :param interactive: may ask the user (replace previous results? install packages?);
             with False no dialog ever opens.
         :param replace: replace the volume's previous results without asking.

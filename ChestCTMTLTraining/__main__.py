@@ -1,4 +1,4 @@
-"""Command line: ``python -m ChestCTMTLTraining {train,evaluate,export,predict,ablation,pack,bundle}``."""
+"""Command line: ``python -m ChestCTMTLTraining {train,evaluate,evaluate-volumes,calibrate,export,predict,ablation,pack,bundle}``."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +61,25 @@ def cmd_evaluate(a) -> int:
     report = evaluate_model(a.model, a.data, a.output, split=a.split, max_per_source=a.max_per_source,
                             overrides=_overrides(a), device=a.device)
     print(json.dumps(report["headline"], indent=2))
+    return 0
+
+
+def cmd_evaluate_volumes(a) -> int:
+    from .evaluate_volumes import evaluate_volumes
+
+    report = evaluate_volumes(a.model, a.manifest, a.output, roles=a.roles, device=a.device,
+                              progress=not a.quiet)
+    print(json.dumps(report["headline"], indent=2))
+    return 0
+
+
+def cmd_calibrate(a) -> int:
+    from .calibrate import calibrate
+
+    summary = calibrate(a.model, a.data, a.manifest, device=a.device,
+                        max_fp_per_scan=a.max_fp_per_scan, max_per_source=a.max_per_source,
+                        output=a.output, progress=not a.quiet)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -137,6 +156,29 @@ def main(argv=None) -> int:
     v.add_argument("--pack", help="read samples from this data pack instead of the sources")
     v.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     v.set_defaults(func=cmd_evaluate)
+
+    w = sub.add_parser("evaluate-volumes", help="evaluate the shipped pipeline on labelled whole CTs")
+    w.add_argument("--model", help="model folder (default: the bundled model)")
+    w.add_argument("--manifest", default="volumes",
+                   help="packaged manifest name (volumes), a YAML/CSV manifest or a folder with manifest.csv")
+    w.add_argument("--output", default="runs/eval-volumes", help="folder for metrics.json, scans.tsv, report.md, plots")
+    w.add_argument("--roles", nargs="+", default=None, choices=["calibration", "validation"])
+    w.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.set_defaults(func=cmd_evaluate_volumes)
+
+    c = sub.add_parser("calibrate", help="fit a model folder's calibration.json (temperature, "
+                       "nodule shape rules, score threshold)")
+    c.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    c.add_argument("--data", default="default", help="config whose validation split gives slices")
+    c.add_argument("--manifest", default="volumes", help="whole CTs; their role=calibration scans fix the threshold")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--max-fp-per-scan", type=int, default=0,
+                   help="false positives allowed on each calibration scan (0: headroom for unseen scans)")
+    c.add_argument("--max-per-source", type=int, default=None, help="cap slices per source (quick runs)")
+    c.add_argument("--output", default=None, help="where the reliability plot and summary go (default: the model folder)")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
 
     r = sub.add_parser("predict", help="classify and segment 2D 8-bit slices (PNG/JPG)")
     r.add_argument("inputs", nargs="+", help="image files or folders")

@@ -29,6 +29,7 @@ import torch
 from ChestCTMTLLib.representation import (Representation, geometry_for_image, geometry_for_volume,
                                           hu_slices_to_model, load_gray8)
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES
+from ChestCTMTLLib.volume import ijk_to_ras_from_itk
 
 log = logging.getLogger("ChestCTMTLTraining")
 
@@ -286,6 +287,7 @@ def load_lidc_dicom(spec: dict, split: str, rep: Representation, root: Path,
         r, vol = _volume_rows(spec.get("name", "lidc"), case.hu, case.spacing, case.consensus, rep, spec,
                               lesion_types, nods, scan_id)
         vol["source"] = str(sd)
+        vol["ijk_to_ras"] = np.asarray(case.ijk_to_ras, float).tolist()  # centroid_kji -> RAS
         rows += r
         volumes.append(vol)
     return _build(spec.get("name", "lidc"), split, rep, rows, len(lesion_types), skipped=skipped,
@@ -344,6 +346,7 @@ def load_volume_pair(spec: dict, split: str, rep: Representation, root: Path,
     scan_id = spec.get("name", Path(spec["image"]).parent.name)
     rows, vol = _volume_rows(scan_id, hu, sp, keep.astype(np.uint8), rep, spec, lesion_types, nods, scan_id)
     vol["source"] = str(img_path)
+    vol["ijk_to_ras"] = ijk_to_ras_from_itk(img.GetSpacing(), img.GetOrigin(), img.GetDirection()).tolist()
     if spec.get("csv"):
         vol["csv"] = _read_csv(root / spec["csv"])
     return _build(scan_id, split, rep, rows, len(lesion_types), volumes=[vol])

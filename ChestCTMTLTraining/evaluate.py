@@ -8,9 +8,10 @@ What is measured where (so the numbers can be compared with published ones):
 * classification per slice; ``cancer_vs_normal`` restricts to slices labelled non-covid or
   cancer and compares p(cancer) with p(non-covid).
 * detection: slice AP@0.5 against boxes of mask components (as in training), and per held-out
-  scan a FROC of 3D findings (per-slice boxes linked across adjacent slices), hit = centre
-  within the lesion's radius. The same FROC is computed for segmentation blobs (3D components
-  of the thresholded nodule channel) so the detection head has to earn its place.
+  whole scan a nodule/mass FROC of the findings the shipped pipeline reports
+  (``Analyzer.apply`` with score threshold 0, the same run ``chestctmtl analyze`` makes), hit =
+  centre within max(lesion radius, 5 mm); per-scan numbers from
+  :func:`.metrics.scan_detection`, shared with ``evaluate-volumes``.
 * reconstruction PSNR / SSIM on the model grid (unit intensity, data range 1).
 """
 from __future__ import annotations
@@ -25,15 +26,18 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ChestCTMTLLib.inference import resolve_device, resolve_model
+from ChestCTMTLLib.inference import Analyzer, resolve_device, resolve_model
 from ChestCTMTLLib.model import detections_from_outputs
+from ChestCTMTLLib.options import AnalysisOptions
+from ChestCTMTLLib.paths import atomic_write_text
 from ChestCTMTLLib.representation import SliceGeometry
+from ChestCTMTLLib.volume_io import read_ct
 
 from .batching import boxes_from_mask, eval_items
 from .config import load_config
 from .data import json_default, load_split, read_gt_original
-from .metrics import (average_precision, binary_scores, classification_scores, froc,
-                      recon_scores, seg_scores)
+from .metrics import (average_precision, binary_scores, classification_scores, detection_summary,
+                      froc, recon_scores, scan_detection, seg_scores)
 
 log = logging.getLogger("ChestCTMTLTraining")
 
@@ -41,81 +45,6 @@ log = logging.getLogger("ChestCTMTLTraining")
 def geometry_from_dict(d: dict) -> SliceGeometry:
     return SliceGeometry(tuple(d["in_shape"]), int(d["row0"]), int(d["col0"]), int(d["side"]),
                          int(d["input_size"]))
-
-
-def link_slice_detections(dets: List[dict], spacing, max_gap_slices: int = 1) -> List[dict]:
-    """Merge per-slice boxes of one type into 3D findings.
-
-    ``dets``: {"k", "cx", "cy", "w", "h", "score"} in input pixel index coordinates. Boxes on
-    slices at most ``max_gap_slices`` apart whose centres are closer than half the larger box
-    (at least 3 mm) join one finding; the finding's centre is the score-weighted mean, its score
-    the best member's, its diameter the largest in-plane box side.
-    """
-    sx, sy, sz = (float(v) for v in spacing)
-    n = len(dets)
-    parent = list(range(n))
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    order = sorted(range(n), key=lambda i: dets[i]["k"])
-    for ai, a in enumerate(order):
-        da = dets[a]
-        for b in order[ai + 1:]:
-            db = dets[b]
-            if db["k"] - da["k"] > max_gap_slices:
-                break
-            if db["k"] == da["k"]:
-                continue
-            d = np.hypot((da["cx"] - db["cx"]) * sx, (da["cy"] - db["cy"]) * sy)
-            lim = max(3.0, 0.5 * max(da["w"] * sx, da["h"] * sy, db["w"] * sx, db["h"] * sy))
-            if d <= lim:
-                parent[find(a)] = find(b)
-    groups: Dict[int, List[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
-    out = []
-    for members in groups.values():
-        w = np.array([dets[i]["score"] for i in members])
-        c = np.array([[dets[i]["cx"] * sx, dets[i]["cy"] * sy, dets[i]["k"] * sz] for i in members])
-        out.append({"center_mm": (c * w[:, None]).sum(0) / w.sum(), "score": float(w.max()),
-                    "diameter_mm": float(max(max(dets[i]["w"] * sx, dets[i]["h"] * sy) for i in members)),
-                    "slices": sorted({dets[i]["k"] for i in members})})
-    return out
-
-
-def seg_blob_findings(prob: np.ndarray, ks: List[int], geom: SliceGeometry, spacing,
-                      threshold: float = 0.5) -> List[dict]:
-    """3D components of a (n, S, S) model-grid probability stack over slices ``ks``."""
-    from scipy import ndimage
-
-    sx, sy, sz = (float(v) for v in spacing)
-    prob = prob * inside_image_mask(geom)[None]  # padding outside the scan is not a finding
-    lab, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
-    out = []
-    for i, sl in enumerate(ndimage.find_objects(lab)):
-        if sl is None:
-            continue
-        region = lab[sl] == i + 1
-        zz, yy, xx = np.nonzero(region)
-        zz, yy, xx = zz + sl[0].start, yy + sl[1].start, xx + sl[2].start
-        col, row = geom.model_to_input_xy(xx.mean() + 0.5, yy.mean() + 0.5)
-        k = float(np.mean([ks[z] for z in zz]))
-        out.append({"center_mm": np.array([(col - 0.5) * sx, (row - 0.5) * sy, k * sz]),
-                    "score": float(prob[zz, yy, xx].max()),
-                    "diameter_mm": float(max(sl[1].stop - sl[1].start, sl[2].stop - sl[2].start) * geom.scale * sx)})
-    return out
-
-
-def inside_image_mask(geom: SliceGeometry) -> np.ndarray:
-    """(S, S) bool: model pixels whose centre falls inside the input image."""
-    s = geom.input_size
-    c, r = geom.model_to_input_xy(np.arange(s) + 0.5, np.arange(s) + 0.5)
-    h, w = geom.in_shape
-    return ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
 
 
 def _nanmean(v):
@@ -147,13 +76,11 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
     recon_rows = []
     det_preds: Dict[str, list] = {t: [] for t in types}
     det_gts: Dict[str, dict] = {t: {} for t in types}
-    volume_store: Dict[str, dict] = {}
     examples = []
     files_used = {}
     for s in sets:
         files_used[s.name] = [m.get("image", "") or i for i, m in zip(s.ids, s.meta or [{}] * len(s))] \
             if s.kind != "patch" else sorted({i.split("#")[0] for i in s.ids})
-        vol_by_scan = {v["scan"]: v for v in s.volumes}
         items = list(eval_items(s, rep.input_size, mcfg.det_stride))
         for b0 in range(0, len(items), batch_size):
             chunk = items[b0:b0 + batch_size]
@@ -206,26 +133,6 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
                         for d in dets[n]:
                             if d.type_index == t:
                                 det_preds[tname].append((key, d.score, (d.x0, d.y0, d.x1, d.y1)))
-                scan = meta.get("scan")
-                if scan in vol_by_scan:
-                    vs = volume_store.setdefault(scan, {"volume": vol_by_scan[scan], "ks": [], "seg": [],
-                                                        "dets": [], "cls": []})
-                    vs["ks"].append(meta["k"])
-                    if "seg_logits" in out:
-                        vs["seg"].append(torch.sigmoid(out["seg_logits"][n, types.index("nodule-mass")]).numpy())
-                    if "class_logits" in out:
-                        vs["cls"].append(torch.softmax(out["class_logits"][n].float(), 0).numpy())
-                    if "detection" in tasks:
-                        geom = geometry_from_dict(meta["geometry"])
-                        for d in dets[n]:
-                            if d.type != "nodule-mass":
-                                continue
-                            cx, cy = geom.model_to_input_xy(0.5 * (d.x0 + d.x1), 0.5 * (d.y0 + d.y1))
-                            if not (0 <= cx < geom.in_shape[1] and 0 <= cy < geom.in_shape[0]):
-                                continue  # centre in the padding outside the scan
-                            vs["dets"].append({"k": meta["k"], "cx": float(cx) - 0.5, "cy": float(cy) - 0.5,
-                                               "w": (d.x1 - d.x0) * geom.scale, "h": (d.y1 - d.y0) * geom.scale,
-                                               "score": d.score})
     metrics: dict = {"model": lm.card.get("id"), "model_sha256": lm.identity.sha256,
                      "data_config": cfg.get("_path"), "data_pack": cfg.get("data_pack"), "split": split,
                      "samples": {s.name: len(s) for s in sets}, "files": files_used}
@@ -275,46 +182,20 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
         ap = {t: average_precision(det_preds[t], det_gts[t]) for t in types}
         metrics["detection_slices"] = {"ap50": ap, "map50": _nanmean(list(ap.values())),
                                        "score_threshold": det_threshold}
-    # per-scan FROC
-    scans_det, scans_seg, vol_report = [], [], {}
-    for scan, vs in volume_store.items():
-        vol = vs["volume"]
-        sp = vol["spacing"]
-        lesions = [{"center_mm": np.array([n["centroid_kji"][2] * sp[0], n["centroid_kji"][1] * sp[1],
-                                           n["centroid_kji"][0] * sp[2]]),
-                    "diameter_mm": float(n["diameter_mm"])} for n in vol["nodules"]]
-        geom = geometry_from_dict(vol["geometry"])
-        entry = {"lesions": [{"diameter_mm": l["diameter_mm"], "center_mm": l["center_mm"].tolist()} for l in lesions]}
-        if vs["dets"]:
-            f = link_slice_detections(vs["dets"], sp)
-            scans_det.append({"findings": f, "lesions": lesions})
-            entry["detection"] = _scan_summary(f, lesions)
-        elif "detection" in tasks:
-            scans_det.append({"findings": [], "lesions": lesions})
-            entry["detection"] = _scan_summary([], lesions)
-        if vs["seg"]:
-            order = np.argsort(vs["ks"])
-            ks = [vs["ks"][i] for i in order]
-            f = seg_blob_findings(np.stack([vs["seg"][i] for i in order]), ks, geom, sp)
-            scans_seg.append({"findings": f, "lesions": lesions})
-            entry["segmentation_blobs"] = _scan_summary(f, lesions)
-        if vs["cls"]:
-            p = np.stack(vs["cls"])
-            entry["classification"] = {
-                "mean_slice_probabilities": dict(zip(mcfg.class_names, p.mean(0).round(4).tolist())),
-                "slice_votes": dict(zip(mcfg.class_names, np.bincount(p.argmax(1), minlength=3).tolist())),
-                "top10_mean_probabilities": dict(zip(mcfg.class_names,
-                                                     np.sort(p, axis=0)[-10:].mean(0).round(4).tolist()))}
-        vol_report[scan] = entry
-    if volume_store:
+    # per held-out whole scan: the shipped pipeline, as evaluate-volumes runs it
+    scans_det = []
+    volumes = [v for s in sets for v in s.volumes]
+    if volumes and {"segmentation", "detection"} & set(tasks):
+        vol_report, scans_det, skipped = held_out_scans(lm, volumes, device)
         metrics["scans"] = vol_report
+        if skipped:
+            metrics["scans_skipped"] = skipped
         if scans_det:
-            metrics["detection_froc"] = _strip_curve(froc(scans_det))
-            big = [{"findings": s["findings"], "lesions": [l for l in s["lesions"] if l["diameter_mm"] >= 10]}
-                   for s in scans_det]
+            op = scans_det[0]["operating_point"]["score_threshold"]
+            metrics["detection_froc"] = detection_summary(scans_det, op)
+            big = [{"findings": d["findings"], "lesions": [les for les in d["lesions"] if les["big"]]}
+                   for d in scans_det]
             metrics["detection_froc_ge10mm"] = _strip_curve(froc(big))
-        if scans_seg:
-            metrics["segmentation_blob_froc"] = _strip_curve(froc(scans_seg))
     if probe_format and "classification" in tasks:
         metrics["format_sensitivity"] = format_probe(net, rep, sets, mcfg)
     metrics["headline"] = headline(metrics)
@@ -323,22 +204,51 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
     return metrics
 
 
-def _scan_summary(findings, lesions) -> dict:
-    from .metrics import match_findings
+def volume_lesions(vol: dict) -> List[dict]:
+    """A held-out volume's reference nodules in RAS mm from its data-loader entry."""
+    m = np.asarray(vol["ijk_to_ras"], float)
+    return [{"center_mm": (m @ np.array([n["centroid_kji"][2], n["centroid_kji"][1],
+                                         n["centroid_kji"][0], 1.0]))[:3],
+             "diameter_mm": float(n["diameter_mm"])} for n in vol["nodules"]]
 
-    tp, hits, scores = match_findings(findings, lesions)
-    out = {"findings": len(findings), "lesions": []}
-    for j, les in enumerate(lesions):
-        hit = np.nonzero(hits == j)[0]
-        score = float(scores[hit[0]]) if len(hit) else None
-        # FPs scoring at or above this lesion's hit: what it costs to find it
-        fps = int(((~tp) & (scores >= score)).sum()) if score is not None else None
-        out["lesions"].append({"diameter_mm": round(les["diameter_mm"], 1), "found": bool(len(hit)),
-                               "score": score, "false_positives_at_its_score": fps})
-    for thr in (0.3, 0.5):
-        out["false_positives_at_%.1f" % thr] = int(((~tp) & (scores >= thr)).sum())
-        out["hits_at_%.1f" % thr] = int((tp & (scores >= thr)).sum())
-    return out
+
+def held_out_scans(lm, volumes: List[dict], device: str):
+    """Every held-out whole scan through ``Analyzer.apply`` (score threshold 0: every kept
+    candidate) and :func:`.metrics.scan_detection` at the model's operating point.
+
+    Returns ({scan: report entry}, [scan_detection results], [skipped scans with reasons]);
+    a scan whose source file is absent (e.g. evaluated from a data pack elsewhere) is skipped.
+    """
+    analyzer = Analyzer(lm, AnalysisOptions(device=device, score_threshold=0.0))
+    op = float(analyzer.calibration.score_threshold)
+    report, dets, skipped = {}, [], []
+    for vol in volumes:
+        src = vol.get("source")
+        if not src or not Path(src).exists() or "ijk_to_ras" not in vol:
+            why = ("source %s not available" % src) if src and not Path(src).exists() \
+                else "no source path / geometry recorded (an older data pack?)"
+            skipped.append("%s: %s" % (vol["scan"], why))
+            continue
+        t = time.perf_counter()
+        res = analyzer.apply(read_ct(src))
+        det = scan_detection(res.findings, volume_lesions(vol), op)
+        dets.append(det)
+        entry = {"lesions": [{"diameter_mm": les["diameter_mm"], "center_ras": les["center_mm"]}
+                             for les in det["lesions"]],
+                 "detection": {k: v for k, v in det.items() if k != "findings"},
+                 "verdict": res.predicted_class,
+                 "probabilities": {k: round(float(v), 4) for k, v in res.class_probabilities.items()},
+                 "findings": [f.row() for f in res.findings if f.score >= op],
+                 "seconds": round(time.perf_counter() - t, 2)}
+        p = res.slice_probabilities
+        if p is not None and len(p):
+            names = list(lm.config.class_names)
+            entry["classification"] = {
+                "mean_slice_probabilities": dict(zip(names, p.mean(0).round(4).tolist())),
+                "slice_votes": dict(zip(names, np.bincount(p.argmax(1), minlength=len(names)).tolist())),
+                "top10_mean_probabilities": dict(zip(names, np.sort(p, axis=0)[-10:].mean(0).round(4).tolist()))}
+        report[vol["scan"]] = entry
+    return report, dets, skipped
 
 
 def _strip_curve(d: dict) -> dict:
@@ -425,8 +335,6 @@ def headline(m: dict) -> dict:
         h["sensitivity_at_1fp"] = m["detection_froc"]["sensitivity"].get("1.0")
     if "detection_froc_ge10mm" in m:
         h["ge10mm_sensitivity_at_1fp"] = m["detection_froc_ge10mm"]["sensitivity"].get("1.0")
-    if "segmentation_blob_froc" in m:
-        h["seg_blob_sensitivity_at_1fp"] = m["segmentation_blob_froc"]["sensitivity"].get("1.0")
     return h
 
 
@@ -464,7 +372,7 @@ def write_report(m: dict, out_dir: Path, examples, scans_det) -> None:
             ax.set_xlabel("false positives per scan")
             ax.set_ylabel("sensitivity")
             ax.set_ylim(0, 1.05)
-            ax.set_title("FROC (held-out scans)")
+            ax.set_title("Nodule/mass FROC, held-out scans (n = %d lesions)" % f["lesions"], fontsize=9)
             ax.grid(alpha=0.3)
             fig.tight_layout()
             fig.savefig(out_dir / "froc.png", dpi=100)
@@ -486,10 +394,7 @@ def write_report(m: dict, out_dir: Path, examples, scans_det) -> None:
         fig.savefig(out_dir / "segmentation_examples.png", dpi=90)
         plt.close(fig)
         figs.append("segmentation_examples.png")
-    tmp = out_dir / "metrics.json.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(m, fh, indent=2, default=json_default)
-    os.replace(tmp, out_dir / "metrics.json")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(m, indent=2, default=json_default))
     lines = ["# Evaluation of %s" % m.get("model"), "",
              "Data config: `%s`, split `%s`; samples: %s" % (m.get("data_config"), m.get("split"),
                                                               ", ".join("%s %d" % kv for kv in m["samples"].items())),
@@ -522,7 +427,7 @@ def write_report(m: dict, out_dir: Path, examples, scans_det) -> None:
     if "detection_slices" in m:
         lines += ["", "## Detection", "", "slice AP@0.5: %s" % json.dumps(
             {k: (round(v, 3) if v == v else None) for k, v in m["detection_slices"]["ap50"].items()})]
-    for key in ("detection_froc", "detection_froc_ge10mm", "segmentation_blob_froc"):
+    for key in ("detection_froc", "detection_froc_ge10mm"):
         if key in m:
             lines.append("")
             lines.append("%s: lesions %d, CPM %.3f, sensitivity at FP/scan %s" % (
@@ -535,6 +440,4 @@ def write_report(m: dict, out_dir: Path, examples, scans_det) -> None:
     for f in figs:
         lines += ["", "![%s](%s)" % (f, f)]
     lines += ["", "Files evaluated: see `metrics.json` → `files`.", ""]
-    tmp = out_dir / "report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out_dir / "report.md")
+    atomic_write_text(out_dir / "report.md", "\n".join(lines))

@@ -1,6 +1,7 @@
 """Metrics on known definitions: MONAI for Dice / IoU / HD95, scikit-learn for classification,
-scikit-image for PSNR / SSIM; slice box AP@0.5 and per-scan FROC / CPM (no library covers
-CenterNet boxes or our 3D merging, so these are written out here and tested on known answers).
+scikit-image for PSNR / SSIM; slice box AP@0.5, per-scan FROC / CPM and the whole-scan detection
+summary both evaluation commands report (no library covers CenterNet boxes or our hit rule, so
+these are written out here and tested on known answers).
 """
 from __future__ import annotations
 
@@ -136,12 +137,20 @@ def average_precision(preds: List[tuple], gts: Dict[object, List[tuple]], iou_th
 
 
 FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: A finding hits a lesion when its centre lies within max(lesion radius, this) of the lesion's
+#: centre: small nodules (3-10 mm) would otherwise need a centre placed within 1.5-5 mm.
+HIT_MIN_RADIUS_MM = 5.0
 
 
-def match_findings(findings: List[dict], lesions: List[dict]):
-    """Greedy by score: a finding hits an unmatched lesion if its centre is within the lesion's
-    radius (``diameter_mm / 2``). ``findings``: {"center_mm", "score"}; ``lesions``: {"center_mm",
-    "diameter_mm"}. Returns (is_tp per finding in score order, hit lesion index or -1, scores)."""
+def hit_radius_mm(lesion: dict, min_radius_mm: float = HIT_MIN_RADIUS_MM) -> float:
+    return max(float(lesion["diameter_mm"]) / 2.0, float(min_radius_mm))
+
+
+def match_findings(findings: List[dict], lesions: List[dict], min_radius_mm: float = HIT_MIN_RADIUS_MM):
+    """Greedy by score: a finding hits the nearest unmatched lesion whose centre is within
+    :func:`hit_radius_mm`. ``findings``: {"center_mm", "score"}; ``lesions``: {"center_mm",
+    "diameter_mm"} (any one frame in mm, e.g. RAS). Returns (is_tp per finding in score order,
+    hit lesion index or -1, scores)."""
     order = sorted(range(len(findings)), key=lambda i: -findings[i]["score"])
     taken = np.zeros(len(lesions), bool)
     tps, hits, scores = [], [], []
@@ -150,7 +159,7 @@ def match_findings(findings: List[dict], lesions: List[dict]):
         best, bj = np.inf, -1
         for j, les in enumerate(lesions):
             d = float(np.linalg.norm(np.asarray(f["center_mm"]) - np.asarray(les["center_mm"])))
-            if d <= les["diameter_mm"] / 2.0 and d < best and not taken[j]:
+            if d <= hit_radius_mm(les, min_radius_mm) and d < best and not taken[j]:
                 best, bj = d, j
         if bj >= 0:
             taken[bj] = True
@@ -160,19 +169,20 @@ def match_findings(findings: List[dict], lesions: List[dict]):
     return np.array(tps, bool), np.array(hits, int), np.array(scores, float)
 
 
-def froc(scans: List[dict], rates: Sequence[float] = FROC_RATES) -> dict:
+def froc(scans: List[dict], rates: Sequence[float] = FROC_RATES,
+         min_radius_mm: float = HIT_MIN_RADIUS_MM) -> dict:
     """FROC over scans: each {"findings": [...], "lesions": [...]}. Sensitivity at each FP/scan
     rate (the best sensitivity with at most that many FPs per scan) and CPM = their mean."""
     all_scores, all_tp = [], []
     n_les = sum(len(s["lesions"]) for s in scans)
     for s in scans:
-        tp, _hits, sc = match_findings(s["findings"], s["lesions"])
+        tp, _hits, sc = match_findings(s["findings"], s["lesions"], min_radius_mm)
         all_scores += sc.tolist()
         all_tp += tp.tolist()
     n_scans = max(1, len(scans))
     if n_les == 0:
         return {"lesions": 0, "scans": len(scans), "sensitivity": {}, "cpm": float("nan")}
-    order = np.argsort(-np.asarray(all_scores)) if all_scores else np.zeros(0, int)
+    order = np.argsort(-np.asarray(all_scores), kind="stable") if all_scores else np.zeros(0, int)
     tp = np.cumsum(np.asarray(all_tp, float)[order]) if len(order) else np.zeros(0)
     fp = np.cumsum(1 - np.asarray(all_tp, float)[order]) if len(order) else np.zeros(0)
     sens = {}
@@ -182,3 +192,109 @@ def froc(scans: List[dict], rates: Sequence[float] = FROC_RATES) -> dict:
     return {"lesions": int(n_les), "scans": len(scans), "sensitivity": sens,
             "cpm": float(np.mean(list(sens.values()))),
             "curve": {"fp_per_scan": (fp / n_scans).tolist(), "sensitivity": (tp / n_les).tolist()}}
+
+
+# --------------------------------------------------------------------------- whole scans
+NODULE_TYPE = "nodule-mass"
+
+
+def nodule_findings(findings) -> List[dict]:
+    """The nodule/mass findings of an analysis as FROC findings {"id", "center_mm", "score",
+    "diameter_mm"}, best first. Items are ``results.Finding`` objects (centre in RAS) or dicts
+    already in that form (an optional "type" other than nodule-mass drops them)."""
+    out = []
+    for n, f in enumerate(findings):
+        if isinstance(f, dict):
+            if f.get("type", NODULE_TYPE) != NODULE_TYPE:
+                continue
+            out.append({"id": str(f.get("id", "F%d" % (n + 1))),
+                        "center_mm": [float(v) for v in f["center_mm"]], "score": float(f["score"]),
+                        "diameter_mm": float(f.get("diameter_mm", 0.0))})
+        elif f.type == NODULE_TYPE:
+            out.append({"id": f.id, "center_mm": [float(v) for v in f.center_ras],
+                        "score": float(f.score), "diameter_mm": float(f.diameter_mm)})
+    out.sort(key=lambda d: -d["score"])
+    return out
+
+
+def scan_detection(findings, lesions: List[dict], score_threshold: float,
+                   thresholds: Sequence[float] = (0.3, 0.5), big_mm: float = 10.0,
+                   min_radius_mm: float = HIT_MIN_RADIUS_MM) -> dict:
+    """One scan's nodule/mass detection against its reference lesions; what both evaluation
+    commands compute per whole scan (the result feeds :func:`froc` / :func:`detection_summary`).
+
+    ``findings``: the analysis' findings run with score threshold 0 (every kept candidate;
+    :func:`nodule_findings` picks the nodule/masses); ``lesions``: {"center_mm", "diameter_mm"}
+    in the findings' frame (RAS mm). ``score_threshold``: the model's operating point. Per
+    lesion: found (at any score), its hit's score and rank among all nodule/mass findings
+    (1 = the top one), the false positives scoring at least as high, found at the operating
+    point. Returns {"findings" (FROC form + "lesion": the index it hits or None), "lesions",
+    "n_findings", "operating_point", "false_positives_at_T", "hits_at_T"}.
+    """
+    cands = nodule_findings(findings)
+    tp, hits, scores = match_findings(cands, lesions, min_radius_mm)
+    for c, j in zip(cands, hits.tolist()):
+        c["lesion"] = j if j >= 0 else None  # the lesion it hits (index), None: a false positive
+    op = float(score_threshold)
+    at_op = scores >= op
+    out = {"n_findings": int(len(cands)), "findings": cands, "lesions": [],
+           "operating_point": {"score_threshold": op, "findings": int(at_op.sum()),
+                               "true_positives": int((tp & at_op).sum()),
+                               "false_positives": int((~tp & at_op).sum())}}
+    for j, les in enumerate(lesions):
+        hit = np.nonzero(hits == j)[0]
+        score = float(scores[hit[0]]) if len(hit) else None
+        rank = int(hit[0]) + 1 if len(hit) else None  # cands are in descending score order
+        out["lesions"].append({
+            "center_mm": [float(v) for v in les["center_mm"]],
+            "diameter_mm": float(les["diameter_mm"]),
+            "found": bool(len(hit)), "score": score, "rank": rank,
+            "finding": cands[hit[0]]["id"] if len(hit) else None,
+            # FPs scoring at or above this lesion's hit: what it costs to find it
+            "false_positives_at_its_score": (int(((~tp) & (scores >= score)).sum())
+                                             if score is not None else None),
+            "found_at_operating_point": bool(score is not None and score >= op),
+            "ranked_first": rank == 1,
+            "big": float(les["diameter_mm"]) >= big_mm})
+    for thr in thresholds:
+        out["false_positives_at_%.1f" % thr] = int(((~tp) & (scores >= thr)).sum())
+        out["hits_at_%.1f" % thr] = int((tp & (scores >= thr)).sum())
+    return out
+
+
+def detection_summary(scans: List[dict], score_threshold: float, big_mm: float = 10.0,
+                      min_radius_mm: float = HIT_MIN_RADIUS_MM) -> dict:
+    """FROC / CPM over :func:`scan_detection` results, and the operating-point numbers:
+    findings and false positives per scan, sensitivity, lesions >= ``big_mm`` found and found
+    as the scan's top nodule/mass finding."""
+    f = froc(scans, min_radius_mm=min_radius_mm)
+    f.pop("curve", None)
+    lesions = [les for s in scans for les in s["lesions"]]
+    big = [les for les in lesions if les["big"]]
+    n = max(1, len(scans))
+    ops = [s["operating_point"] for s in scans]
+    tag = "ge%gmm" % big_mm
+    f["operating_point"] = {
+        "score_threshold": float(score_threshold),
+        "findings_per_scan": sum(o["findings"] for o in ops) / n,
+        "fp_per_scan": sum(o["false_positives"] for o in ops) / n,
+        "sensitivity": (sum(les["found_at_operating_point"] for les in lesions) / len(lesions)
+                        if lesions else float("nan")),
+        "lesions_" + tag: len(big),
+        tag + "_found": sum(les["found_at_operating_point"] for les in big),
+        tag + "_ranked_first": sum(les["found_at_operating_point"] and les["ranked_first"]
+                                   for les in big)}
+    f["hit_rule"] = "centre within max(lesion radius, %g mm) of the lesion centre" % min_radius_mm
+    return f
+
+
+def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict:
+    """Confusion matrix (rows true, columns predicted) and accuracy of class-name verdicts."""
+    idx = {c: i for i, c in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), int)
+    for t, p in zip(y_true, y_pred):
+        if t in idx and p in idx:
+            cm[idx[t], idx[p]] += 1
+    n = int(cm.sum())
+    return {"n": n, "accuracy": float(np.trace(cm) / n) if n else float("nan"),
+            "confusion_matrix": cm.tolist(), "confusion_labels": list(labels)}

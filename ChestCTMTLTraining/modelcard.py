@@ -89,9 +89,8 @@ def render(card: dict, metrics: dict, eval_command: str, curves: Optional[str] =
     if "detection_slices" in metrics:
         L.append("| detection slice AP@0.5 | %s | |" % ", ".join(
             "%s %s" % (k, _f(v)) for k, v in metrics["detection_slices"]["ap50"].items()))
-    for key, label in (("detection_froc_ge10mm", "LIDC lesions ≥ 10 mm, detection head"),
-                       ("detection_froc", "LIDC lesions, detection head"),
-                       ("segmentation_blob_froc", "LIDC lesions, segmentation blobs")):
+    for key, label in (("detection_froc_ge10mm", "held-out LIDC lesions ≥ 10 mm, shipped pipeline"),
+                       ("detection_froc", "held-out LIDC lesions, shipped pipeline")):
         if key in metrics:
             f = metrics[key]
             L.append("| %s: sensitivity at 1 FP/scan, CPM (%d lesion(s)) | %s, %s | found with ≤ 1 FP |" % (

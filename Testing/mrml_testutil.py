@@ -69,3 +69,27 @@ def synthetic_result(volume: CTVolume, findings: Optional[List[Finding]] = None,
         analysed_slices=np.arange(k), lesion_masks=masks, reconstruction_hu=recon,
         findings=list(findings), model=ModelIdentity(model_id, "0.0.1", "ab" * 32),
         timings_s={"read": 0.1, "inference": 1.25}, device="cpu")
+
+
+def with_lungs(result: AnalysisResult) -> AnalysisResult:
+    """``result`` plus known lung labels: a right lung box on the patient's right (larger, so
+    a swapped side shows in the counts) and a left lung box; findings get a lung and zone."""
+    from ChestCTMTLLib.lungs import LEFT, RIGHT
+
+    volume = result.volume
+    k, j, i = volume.array.shape
+    labels = np.zeros((k, j, i), np.uint8)
+    i_to_right = volume.ijk_to_ras[0, 0] > 0  # does i run towards the patient's right?
+    near, far = (slice(i // 16, i // 2 - 4), slice(i // 2 + 8, i - i // 16))
+    right, left = (far, near) if i_to_right else (near, far)
+    labels[:, j // 5:j - j // 5, right] = RIGHT
+    labels[1:, j // 4:j - j // 4, left] = LEFT
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    result.lung_labels = labels
+    result.lungs = {"found": True, "split": "separate",
+                    "right lung": {"volume_ml": float((labels == RIGHT).sum()) * voxel_ml},
+                    "left lung": {"volume_ml": float((labels == LEFT).sum()) * voxel_ml}}
+    for number, finding in enumerate(result.findings):
+        finding.lung, finding.zone = ("right", "upper") if number % 2 == 0 else ("left", "lower")
+        finding.diameter_mm = 4.0 + number
+    return result

@@ -10,12 +10,12 @@ import pytest
 
 from ChestCTMTLLib import errors, volume_io
 from ChestCTMTLLib.inference import analyze
+from ChestCTMTLLib.options import RANGES, AnalysisOptions, OptionError
 from ChestCTMTLLib.volume import CTVolume
 from ct_testutil import crop_volume, read_cached, small_model_folder
 
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def real_crop(lidc0002_nifti) -> CTVolume:
@@ -197,12 +197,20 @@ def test_real_ct_passes(real_crop):
 
 
 # --------------------------------------------------------------------------- analyze
-def test_analyze_refuses_bad_volume_before_loading_a_model(real_crop, tmp_path):
-    """A bad volume fails on its own cause even when the model is missing too."""
+def test_analyze_refuses_bad_volume_before_running_the_network(real_crop, model_dir, tmp_path,
+                                                               monkeypatch):
+    """A bad volume fails on its own cause before the network sees a slice (the Analyzer has
+    resolved the model by then: that happens once, in its constructor)."""
+    from ChestCTMTLLib import inference
+
+    def never(*args, **kwargs):
+        raise AssertionError("the network ran on a bad volume")
+
+    monkeypatch.setattr(inference, "run_network", never)
     nan = real_crop.array.astype(np.float32)
     nan[0, 0, 0] = np.nan
     _refused(errors.NonFiniteValuesError, analyze, CTVolume(nan, real_crop.ijk_to_ras),
-             model=tmp_path / "no-model", device="cpu", folder=tmp_path)
+             model=model_dir, device="cpu", folder=tmp_path)
 
 
 def test_missing_model_folder(real_crop, tmp_path):
@@ -248,3 +256,43 @@ def test_task_not_in_model(real_crop, tmp_path):
         tmp_path / "clsonly", ModelConfig(input_size=64, tasks=("classification",)))
     _refused(errors.TaskNotAvailableError, analyze, real_crop, model=folder, device="cpu",
              tasks=("segmentation",))
+
+
+# --------------------------------------------------------------------------- options
+_BAD_OPTIONS = [dict(score_threshold=RANGES["score_threshold"][1] + 0.5),
+                dict(score_threshold=RANGES["score_threshold"][0] - 0.1),
+                dict(score_threshold=float("nan")), dict(score_threshold="high"),
+                dict(score_threshold=[0.3]), dict(seg_threshold=RANGES["seg_threshold"][0] / 2),
+                dict(seg_threshold=None), dict(min_island_mm3=-1.0),
+                dict(min_finding_extent_mm=RANGES["min_finding_extent_mm"][1] + 1),
+                dict(lung_margin_mm=-0.5), dict(device="tpu"), dict(device="gpu"),
+                dict(tasks="segmentation"), dict(batch_size=0), dict(num_threads=0),
+                dict(num_threads="many")]
+
+
+@pytest.mark.parametrize("values", _BAD_OPTIONS, ids=lambda v: "%s=%r" % next(iter(v.items())))
+def test_bad_options_are_refused(values):
+    err = _refused(OptionError, AnalysisOptions, **values)
+    assert isinstance(err, ValueError) and err.cause == "bad-option"
+    assert next(iter(values)) in str(err)  # the message names the option
+    with pytest.raises(OptionError):  # a copy is validated again
+        AnalysisOptions().replace(**values)
+
+
+def test_every_range_is_inclusive_and_options_are_frozen():
+    import dataclasses
+
+    for name, (low, high) in RANGES.items():
+        assert getattr(AnalysisOptions(**{name: low}), name) == low
+        assert getattr(AnalysisOptions(**{name: high}), name) == high
+    options = AnalysisOptions(device="CPU", tasks=["classification"], num_threads="2")
+    assert (options.device, options.tasks, options.num_threads) == ("cpu", ("classification",), 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.score_threshold = 0.9
+
+
+def test_bad_option_is_refused_before_the_volume_or_model_is_touched(tmp_path):
+    """analyze() builds its options first: a bad value fails on its own cause, even with a
+    missing model and no volume worth the name."""
+    _refused(OptionError, analyze, None, model=tmp_path / "no-model",
+             score_threshold=RANGES["score_threshold"][1] + 1, folder=tmp_path)

@@ -14,7 +14,7 @@ vtk = pytest.importorskip("vtk")
 
 from ChestCTMTLLib.results import CLASS_NAMES, FINDINGS_TSV_COLUMNS  # noqa: E402
 from ChestCTMTLMRML import files, headless, nodes, terminology  # noqa: E402
-from mrml_testutil import synthetic_result  # noqa: E402
+from mrml_testutil import synthetic_result, with_lungs  # noqa: E402
 
 
 
@@ -44,12 +44,69 @@ def _nodes_of(scene, class_name):
             for n in range(scene.GetNumberOfNodesByClass(class_name))]
 
 
+@pytest.fixture(scope="module")
+def written_lungs(small_ct, tmp_path_factory):
+    """One case whose result has lung labels, with an .mrb (read-only)."""
+    result = with_lungs(synthetic_result(small_ct))
+    out = tmp_path_factory.mktemp("out-lungs")
+    return files.write_case(None, small_ct, result, out / "small", mrb=True), result
+
+
 def test_case_folder_contents(written, small_ct):
     case, _ = written
     assert case.name == "small" and case.is_dir()
     expected = set(files.CASE_FILES) | {"findings.schema.tsv", "small.mrb", files.PREVIEW_FILE}
-    assert set(os.listdir(case)) == expected
+    assert set(os.listdir(case)) == expected, "no lung labels, no lungs.seg.nrrd"
     assert [p.name for p in case.parent.iterdir()] == ["small"], "no temporary leftovers"
+
+
+def test_lungs_file_round_trips_with_the_input_geometry(written_lungs, small_ct, fresh):
+    case, result = written_lungs
+    expected = set(files.CASE_FILES) | {files.LUNGS_FILE, "findings.schema.tsv", "small.mrb",
+                                        files.PREVIEW_FILE}
+    assert set(os.listdir(case)) == expected
+    scene = fresh.scene
+    reference = nodes.volume_node_from_ct(scene, small_ct, "reference")
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "read")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(case / files.LUNGS_FILE))
+    assert storage.ReadData(seg)
+    segmentation = seg.GetSegmentation()
+    assert list(segmentation.GetSegmentIDs()) == ["right lung", "left lung"]
+    for value, name in ((1, "right lung"), (2, "left lung")):
+        segment = segmentation.GetSegment(name)
+        assert segment.GetName() == name
+        assert segment.GetTerminology() == terminology.lung_term(value).entry
+        np.testing.assert_allclose(segment.GetColor(), terminology.lung_term(value).color,
+                                   atol=1e-6)
+        mask = nodes.segment_mask_array(seg, name, reference)
+        assert int(mask.sum()) == int((result.lung_labels == value).sum()) > 0
+        np.testing.assert_array_equal(mask, result.lung_labels == value)
+    geometry = segmentation.GetConversionParameter("Reference image geometry")
+    values = [float(v) for v in geometry.split(";")[:16]]
+    np.testing.assert_allclose(np.array(values).reshape(4, 4), small_ct.ijk_to_ras, atol=1e-5)
+    # The file itself is one labelmap layer (0, 1 right, 2 left) on the input's exact grid.
+    volume = fresh.logics["Volumes"].AddArchetypeVolume(str(case / files.LUNGS_FILE), "raw", 1)
+    np.testing.assert_allclose(nodes.ijk_to_ras_of(volume), small_ct.ijk_to_ras, atol=1e-5)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), result.lung_labels)
+
+
+def test_lungs_in_report_json_and_mrb(written_lungs, small_ct, fresh):
+    case, result = written_lungs
+    with open(case / files.REPORT_FILE, encoding="utf-8") as handle:
+        report = json.load(handle)
+    assert report["lungs"] == json.loads(json.dumps(result.lungs))
+    assert [(f["lung"], f["zone"]) for f in report["findings"]] == [("right", "upper"),
+                                                                     ("left", "lower")]
+    scene = fresh.scene
+    assert scene.ReadFromMRB(str(case / "small.mrb"))
+    volume = scene.GetFirstNodeByName("small")
+    found = nodes.find_result_nodes(scene, volume)
+    assert found.lungs is not None and found.lungs.GetName() == "small lungs"
+    assert found.segmentation is not None and found.segmentation is not found.lungs
+    for value, name in ((1, "right lung"), (2, "left lung")):
+        np.testing.assert_array_equal(nodes.segment_mask_array(found.lungs, name, volume),
+                                      result.lung_labels == value)
 
 
 def test_segmentation_file_round_trips(written, small_ct, fresh):
@@ -102,7 +159,7 @@ def test_findings_tsv_exact_columns_and_rows(written, fresh):
     for row, finding in zip(rows[1:], result.findings):
         expected = finding.row()
         for column, value in zip(FINDINGS_TSV_COLUMNS, row):
-            if column in ("id", "type"):
+            if column in ("id", "type", "lung", "zone"):
                 assert value == expected[column]
             else:
                 assert float(value) == pytest.approx(expected[column])

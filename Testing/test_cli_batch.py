@@ -189,20 +189,81 @@ def test_unavailable_device_stops_before_any_work(tmp_path, model_dir, small_nif
     assert not out.exists()
 
 
-def test_score_threshold_filters_findings_and_bad_values_are_refused(tmp_path, model_dir,
-                                                                     small_nifti, capsys):
+def test_score_threshold_filters_findings(tmp_path, model_dir, small_nifti):
+    """The batch path hands its options to the one Analyzer: the lung-blind pipeline (where an
+    untrained detector does give findings) lists all of them at 0 and none at 1."""
+    from ChestCTMTLMRML import batch
+
     counts = {}
-    for threshold in ("0.0", "1.0"):
-        out = tmp_path / threshold
-        code = cli.main(["analyze", str(small_nifti), "--output", str(out), "--model",
-                         str(model_dir), "--device", "cpu", "--no-progress", "--no-preview",
-                         "--score-threshold", threshold])
-        assert code == cli.EXIT_OK
+    for threshold in (0.0, 1.0):
+        out = tmp_path / str(threshold)
+        outcomes = batch.analyze_inputs([small_nifti], out, model=model_dir, device="cpu",
+                                        lungs=False, score_threshold=threshold,
+                                        progress_bar=False, preview=False)
+        assert batch.exit_code(outcomes) == cli.EXIT_OK
         report = json.loads((out / "small" / files.REPORT_FILE).read_text())
         counts[threshold] = len(report["findings"])
-    assert counts["1.0"] == 0 < counts["0.0"]
+        assert outcomes[0].n_findings == counts[threshold]
+    assert counts[1.0] == 0 < counts[0.0]
+
+
+@pytest.mark.parametrize("value", ["{high}1", "-0.1", "nan", "abc"])
+def test_score_threshold_outside_the_options_range_is_refused(tmp_path, small_nifti, capsys,
+                                                              value):
+    """The CLI refuses what AnalysisOptions refuses, with its message, before any work."""
+    from ChestCTMTLLib.options import RANGES
+
+    low, high = RANGES["score_threshold"]
+    value = value.format(high=high)
     with pytest.raises(SystemExit) as exited:
         cli.main(["analyze", str(small_nifti), "--output", str(tmp_path / "bad"),
-                  "--score-threshold", "1.5"])
-    assert exited.value.code == 2 and "must lie in [0, 1]" in capsys.readouterr().err
+                  "--score-threshold=" + value])
+    err = capsys.readouterr().err
+    assert exited.value.code == cli.EXIT_CANNOT_START and "--score-threshold" in err
+    if value != "abc":
+        assert "must lie in [{:g}, {:g}]".format(low, high) in err
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["analyze", str(small_nifti), "--output", str(tmp_path / "bad"),
+                  "--device", "tpu"])
+    assert "device must be one of" in capsys.readouterr().err
+
+
+def test_one_model_load_and_one_analyzer_for_all_inputs(tmp_path, model_dir, small_nifti,
+                                                        monkeypatch, capsys):
+    """Options are resolved once and the model is loaded once, however many inputs."""
+    from ChestCTMTLLib import inference
+    from ChestCTMTLMRML import batch
+
+    loads, analyzers = [], []
+    real_load = modelio.load_model
+
+    def counting_load(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    class CountingAnalyzer(inference.Analyzer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            analyzers.append(self)
+
+    monkeypatch.setattr(modelio, "load_model", counting_load)
+    monkeypatch.setattr(inference, "Analyzer", CountingAnalyzer)
+    other = tmp_path / "other.nii.gz"
+    shutil.copy(small_nifti, other)
+    out = tmp_path / "out"
+    code = cli.main(["analyze", str(small_nifti), str(other), str(tmp_path / "missing.nrrd"),
+                     "--output", str(out), "--model", str(model_dir), "--device", "cpu",
+                     "--score-threshold", "0.25", "--no-progress", "--no-preview"])
+    assert code == cli.EXIT_SOME_FAILED, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["other", "small"]
+    assert len(loads) == 1 and len(analyzers) == 1
+    options = analyzers[0].options
+    assert (options.device, options.score_threshold) == ("cpu", 0.25)
+    assert analyzers[0].device == "cpu"
+    # an Analyzer that exists is reused as it is: no load at all
+    outcomes = batch.analyze_inputs([small_nifti], tmp_path / "again", analyzer=analyzers[0],
+                                    progress_bar=False, preview=False)
+    assert batch.exit_code(outcomes) == cli.EXIT_OK and len(loads) == 1 and len(analyzers) == 1
+    with pytest.raises(TypeError):
+        batch.analyze_inputs([small_nifti], tmp_path / "x", analyzer=analyzers[0], device="cpu")

@@ -1,7 +1,13 @@
 """Whole-volume inference on real CTs: results on the input grid whatever the file format or
 orientation, air where the model did not look, findings placed correctly in RAS, cancel,
-determinism and progress. An untrained model at reduced input size keeps this fast; what is
-tested is the engine's geometry and bookkeeping, which do not depend on the weights."""
+determinism and progress, options resolved once by the Analyzer. An untrained model at reduced
+input size keeps this fast; what is tested is the engine's geometry and bookkeeping, which do
+not depend on the weights.
+
+An untrained model's lesion probabilities give no lung-aware 3D candidates, so tests about
+finding geometry run the lung-blind pipeline (``lungs=False``: slice boxes linked in 3D),
+whose findings do exist; the lung-aware pipeline (the default) is checked for the same grid,
+orientation and determinism guarantees on its masks, lung labels and verdict."""
 from __future__ import annotations
 
 import math
@@ -12,7 +18,8 @@ import numpy as np
 import pytest
 
 from ChestCTMTLLib import errors, volume_io
-from ChestCTMTLLib.inference import analyze, findings_from_slice_boxes
+from ChestCTMTLLib.inference import Analyzer, analyze, findings_from_slice_boxes
+from ChestCTMTLLib.options import AnalysisOptions
 from ChestCTMTLLib.orientation import axial_view
 from ChestCTMTLLib.postprocess import SliceBox, aggregate_slice_probabilities
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES
@@ -41,8 +48,23 @@ def nodule_crop(lidc0002_nifti) -> CTVolume:
 
 
 @pytest.fixture(scope="module")
-def axial_result(nodule_crop, loaded):
-    return analyze(nodule_crop, loaded, device="cpu", score_threshold=LOW_SCORE)
+def axial(nodule_crop, loaded):
+    """``axial(lungs)``: the axial crop's result with either pipeline (computed once each)."""
+    cache = {}
+
+    def get(lungs: bool):
+        if lungs not in cache:
+            cache[lungs] = analyze(nodule_crop, loaded, device="cpu", score_threshold=LOW_SCORE,
+                                   lungs=lungs)
+        return cache[lungs]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def axial_result(axial):
+    """The lung-blind run, whose untrained detector does give findings."""
+    return axial(False)
 
 
 def _check_on_grid(result, volume):
@@ -64,8 +86,13 @@ def _check_on_grid(result, volume):
         lo, hi = np.array(f.ijk_min), np.array(f.ijk_max)
         assert np.all(lo >= 0) and np.all(hi < np.array(volume.size_ijk)) and np.all(lo <= hi)
         assert f.type in LESION_TYPES and 0 <= f.score <= 1 and f.volume_mm3 > 0
-    for stage in ("validate", "lung_region", "forward", "postprocess", "total"):
+    for stage in ("validate", "lung_region", "forward", "map_back_results", "verdict", "total"):
         assert stage in result.timings_s
+    if result.lung_labels is not None:  # the lung-aware pipeline
+        assert result.lung_labels.shape == volume.array.shape
+        assert result.lung_labels.dtype == np.uint8
+        assert set(np.unique(result.lung_labels)) <= {0, 1, 2}
+        assert {"lungs", "candidates"} <= set(result.timings_s)
     assert result.model.sha256 and result.device == "cpu"
 
 
@@ -97,21 +124,28 @@ def test_dicom_series_input(lidc0001_dicom_dir, loaded, tmp_path):
     assert result.report_dict()["input"]["size"] == [512, 512, 24]
 
 
-def test_nodule_crop_on_grid(axial_result, nodule_crop):
+def test_nodule_crop_on_grid(axial_result, axial, nodule_crop):
     _check_on_grid(axial_result, nodule_crop)
     assert list(axial_result.analysed_slices) == list(range(16))
     assert axial_result.findings, "the low threshold should give the untrained head findings"
+    assert axial_result.lung_labels is None and axial_result.lungs == {}
+    aware = axial(True)
+    _check_on_grid(aware, nodule_crop)
+    assert aware.lungs["found"] and set(np.unique(aware.lung_labels)) == {0, 1, 2}
+    assert aware.verdict["predicted_class"] == aware.predicted_class
 
 
 # --------------------------------------------------------------------------- orientation
+@pytest.mark.parametrize("lungs", [False, True], ids=["lung-blind", "lung-aware"])
 @pytest.mark.parametrize("perm,flips", [((2, 0, 1), (False, True, False)),
                                         ((1, 2, 0), (True, False, True))])
 def test_restored_copy_gives_the_same_results_voxel_for_voxel(
-        nodule_crop, loaded, axial_result, perm, flips):
+        nodule_crop, loaded, axial, perm, flips, lungs):
     """The same voxels stored sagitally/coronally (flipped): every output is the axial run's,
     in the other storage order, and findings sit at the same RAS positions."""
+    axial_result = axial(lungs)
     other = restored_copy(nodule_crop, perm, flips)
-    result = analyze(other, loaded, device="cpu", score_threshold=LOW_SCORE)
+    result = analyze(other, loaded, device="cpu", score_threshold=LOW_SCORE, lungs=lungs)
     _check_on_grid(result, other)
 
     def store(a):
@@ -124,6 +158,10 @@ def test_restored_copy_gives_the_same_results_voxel_for_voxel(
     for name, mask in axial_result.lesion_masks.items():
         np.testing.assert_array_equal(result.lesion_masks[name], store(mask))
     np.testing.assert_array_equal(result.reconstruction_hu, store(axial_result.reconstruction_hu))
+    if lungs:
+        np.testing.assert_array_equal(result.lung_labels, store(axial_result.lung_labels))
+        assert result.lungs == axial_result.lungs
+        assert result.class_probabilities == pytest.approx(axial_result.class_probabilities)
     # slice probabilities are listed in input slice order, which may run the other way
     expected = axial_result.slice_probabilities
     other_view = axial_view(other.ijk_to_ras, other.array.shape)
@@ -132,7 +170,8 @@ def test_restored_copy_gives_the_same_results_voxel_for_voxel(
     assert result.slice_axis == other_view.perm[0] == perm.index(0)
     assert result.slice_axis != 0 and axial_result.slice_axis == 0
     np.testing.assert_array_equal(result.slice_probabilities, expected)
-    assert len(result.findings) == len(axial_result.findings) > 0
+    assert len(result.findings) == len(axial_result.findings)
+    assert lungs or result.findings, "the lung-blind run should have findings to compare"
     for a, b in zip(axial_result.findings, result.findings):
         np.testing.assert_allclose(b.center_ras, a.center_ras, atol=1e-6)
         np.testing.assert_allclose(b.size_ras, a.size_ras, atol=1e-6)
@@ -143,19 +182,24 @@ def test_restored_copy_gives_the_same_results_voxel_for_voxel(
         np.testing.assert_allclose(box_b, box_a, atol=1e-6)
 
 
-def test_oblique_volume_results_follow_its_geometry(nodule_crop, loaded, axial_result, tmp_path):
+@pytest.mark.parametrize("lungs", [False, True], ids=["lung-blind", "lung-aware"])
+def test_oblique_volume_results_follow_its_geometry(nodule_crop, loaded, axial, tmp_path, lungs):
     """An oblique NRRD (direction rotated 20 degrees): outputs stay on its grid, voxel for voxel
     what the axial run gave, and findings are rotated with the volume."""
+    axial_result = axial(lungs)
     obl = oblique_copy(nodule_crop, 20.0, "x")
     path = volume_io.write_ct(obl, tmp_path / "oblique.nrrd")
     vol = volume_io.read_ct(path)
-    result = analyze(vol, loaded, device="cpu", score_threshold=LOW_SCORE)
+    result = analyze(vol, loaded, device="cpu", score_threshold=LOW_SCORE, lungs=lungs)
     _check_on_grid(result, vol)
     for name, mask in axial_result.lesion_masks.items():
         np.testing.assert_array_equal(result.lesion_masks[name], mask)
     np.testing.assert_array_equal(result.reconstruction_hu, axial_result.reconstruction_hu)
+    if lungs:
+        np.testing.assert_array_equal(result.lung_labels, axial_result.lung_labels)
     rot = vol.ijk_to_ras @ np.linalg.inv(nodule_crop.ijk_to_ras)  # the rigid motion applied
     assert len(result.findings) == len(axial_result.findings)
+    assert lungs or result.findings, "the lung-blind run should have findings to compare"
     for a, b in zip(axial_result.findings, result.findings):
         expected = rot[:3, :3] @ np.array(a.center_ras) + rot[:3, 3]
         np.testing.assert_allclose(b.center_ras, expected, atol=1e-3)
@@ -315,35 +359,106 @@ def test_cancel_raises_and_returns_nothing(nodule_crop, loaded, tmp_path, monkey
     np.testing.assert_array_equal(nodule_crop.array, before)
 
 
-def test_cancel_callable_stops_before_the_model_is_loaded(nodule_crop, tmp_path):
+def test_cancel_before_the_start_does_no_work(nodule_crop, loaded, tmp_path):
+    """The Analyzer resolves model and options up front (a missing model fails there, before
+    any volume); ``apply`` with cancel already set stops before the first step."""
+    with pytest.raises(errors.ModelNotFoundError):
+        Analyzer(tmp_path / "never-read", AnalysisOptions(device="cpu"))
+    analyzer = Analyzer(loaded, AnalysisOptions(device="cpu"))
+    seen = []
     with pytest.raises(errors.Cancelled):
-        analyze(nodule_crop, tmp_path / "never-read", device="cpu", cancel=lambda: True)
+        analyzer.apply(nodule_crop, progress=lambda f, s: seen.append(f), cancel=lambda: True)
+    assert seen == []
 
 
-def test_cpu_runs_are_deterministic(nodule_crop, loaded, axial_result):
-    again = analyze(nodule_crop, loaded, device="cpu", score_threshold=LOW_SCORE)
+@pytest.mark.parametrize("lungs", [False, True], ids=["lung-blind", "lung-aware"])
+def test_cpu_runs_are_deterministic(nodule_crop, loaded, axial, lungs):
+    first = axial(lungs)
+    again = analyze(nodule_crop, loaded, device="cpu", score_threshold=LOW_SCORE, lungs=lungs)
     for name in LESION_TYPES:
-        np.testing.assert_array_equal(again.lesion_masks[name], axial_result.lesion_masks[name])
-    np.testing.assert_array_equal(again.reconstruction_hu, axial_result.reconstruction_hu)
-    np.testing.assert_array_equal(again.slice_probabilities, axial_result.slice_probabilities)
-    assert again.class_probabilities == axial_result.class_probabilities
-    assert [f.row() for f in again.findings] == [f.row() for f in axial_result.findings]
+        np.testing.assert_array_equal(again.lesion_masks[name], first.lesion_masks[name])
+    np.testing.assert_array_equal(again.reconstruction_hu, first.reconstruction_hu)
+    np.testing.assert_array_equal(again.slice_probabilities, first.slice_probabilities)
+    if lungs:
+        np.testing.assert_array_equal(again.lung_labels, first.lung_labels)
+        assert again.verdict == first.verdict
+    assert again.class_probabilities == first.class_probabilities
+    assert [f.row() for f in again.findings] == [f.row() for f in first.findings]
 
 
-def test_thread_count_changes_speed_not_results(nodule_crop, loaded):
+@pytest.mark.parametrize("lungs", [False, True], ids=["lung-blind", "lung-aware"])
+def test_thread_count_changes_speed_not_results(nodule_crop, loaded, lungs):
     """The thread tuner may switch thread counts mid-volume; that must not change outputs."""
     import torch
 
     vol = crop_volume(nodule_crop, 5, 11)  # 6 slices: two threads may be slow on a busy CPU
     before = torch.get_num_threads()
-    one = analyze(vol, loaded, device="cpu", num_threads=1, score_threshold=LOW_SCORE)
-    two = analyze(vol, loaded, device="cpu", num_threads=2, score_threshold=LOW_SCORE)
+    one = analyze(vol, loaded, device="cpu", num_threads=1, score_threshold=LOW_SCORE, lungs=lungs)
+    two = analyze(vol, loaded, device="cpu", num_threads=2, score_threshold=LOW_SCORE, lungs=lungs)
     assert torch.get_num_threads() == before
     for name in LESION_TYPES:
         np.testing.assert_array_equal(one.lesion_masks[name], two.lesion_masks[name])
     np.testing.assert_array_equal(one.reconstruction_hu, two.reconstruction_hu)
     np.testing.assert_array_equal(one.slice_probabilities, two.slice_probabilities)
+    if lungs:
+        np.testing.assert_array_equal(one.lung_labels, two.lung_labels)
+        assert one.verdict == two.verdict
     assert [f.row() for f in one.findings] == [f.row() for f in two.findings]
+
+
+# --------------------------------------------------------------------------- options, once
+def test_one_analyzer_loads_the_model_once_for_many_volumes(nodule_crop, loaded, monkeypatch):
+    """Device, model, tasks and calibration are resolved in the constructor; apply() only runs."""
+    from ChestCTMTLLib import modelio
+
+    calls = []
+    real_load = modelio.load_model
+
+    def counting_load(*args, **kwargs):
+        calls.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(modelio, "load_model", counting_load)
+    analyzer = Analyzer(loaded.folder, AnalysisOptions(device="cpu", tasks=("classification",)))
+    assert len(calls) == 1 and analyzer.device == "cpu"
+    assert tuple(analyzer.tasks) == ("classification",)
+    results = [analyzer.apply(crop_volume(nodule_crop, k, k + 4)) for k in (0, 6, 12)]
+    assert len(calls) == 1, "apply() must not load the model again"
+    assert all(r.model.sha256 == loaded.identity.sha256 for r in results)
+    # the thin wrapper is the same computation
+    again = analyze(crop_volume(nodule_crop, 6, 10), loaded, device="cpu", tasks=("classification",))
+    assert again.class_probabilities == results[1].class_probabilities
+
+
+def test_score_threshold_none_is_the_models_calibrated_operating_point(loaded, tmp_path):
+    import shutil
+
+    from ChestCTMTLLib import calibration
+    from ChestCTMTLLib.options import FALLBACK_SCORE_THRESHOLD
+
+    assert AnalysisOptions().score_threshold is None
+    plain = Analyzer(loaded, AnalysisOptions(device="cpu"))
+    assert not plain.calibration.fitted  # an untrained folder has no calibration.json
+    assert plain.score_threshold == calibration.DEFAULTS["score_threshold"] == \
+        FALLBACK_SCORE_THRESHOLD
+    folder = tmp_path / "calibrated"
+    shutil.copytree(loaded.folder, folder)
+    calibration.write_calibration(folder, dict(calibration.DEFAULTS, fitted=True,
+                                               score_threshold=0.37))
+    assert Analyzer(folder, AnalysisOptions(device="cpu")).score_threshold == pytest.approx(0.37)
+    assert Analyzer(folder, AnalysisOptions(device="cpu", score_threshold=0.8)).score_threshold \
+        == pytest.approx(0.8)
+
+
+def test_display_threshold_never_changes_the_verdict(nodule_crop, loaded):
+    """score_threshold picks the findings listed; the diagnosis uses the calibrated point."""
+    vol = crop_volume(nodule_crop, 5, 11)
+    low = analyze(vol, loaded, device="cpu", score_threshold=0.0)
+    high = analyze(vol, loaded, device="cpu", score_threshold=1.0)
+    assert low.predicted_class == high.predicted_class
+    assert low.class_probabilities == high.class_probabilities
+    assert low.verdict == high.verdict
+    assert all(f.score >= 1.0 for f in high.findings)
 
 
 def test_thread_tuner_keeps_the_faster_count(monkeypatch):

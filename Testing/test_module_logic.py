@@ -27,11 +27,12 @@ import slicer_standins  # noqa: E402
 slicer_standins.install()
 
 from ChestCTMTLLib import errors  # noqa: E402
+from ChestCTMTLLib.options import DEVICES, RANGES, AnalysisOptions, OptionError  # noqa: E402
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES  # noqa: E402
 from ChestCTMTLMRML import headless, nodes, review  # noqa: E402
 
 import ChestCTMTL as module  # noqa: E402
-from mrml_testutil import synthetic_result  # noqa: E402
+from mrml_testutil import synthetic_result, with_lungs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_FILE = REPO / "ChestCTMTL" / "ChestCTMTL.py"
@@ -173,7 +174,8 @@ def test_parameter_node_persists_choices_in_the_scene(scene, lidc_files, tmp_pat
     p = logic.getParameterNode()
     assert (p.device, p.createSegmentation, p.createReconstruction, p.createDetections) == \
         ("auto", True, True, True)
-    assert p.scoreThreshold == pytest.approx(module.DEFAULT_SCORE_THRESHOLD)
+    # a new parameter node starts at the default model's calibrated operating point
+    assert p.scoreThreshold == pytest.approx(logic.calibratedScoreThreshold(None))
     p.inputVolume, p.device, p.createReconstruction, p.scoreThreshold = volume, "cpu", False, 0.55
     with pytest.raises(ValueError):
         p.device = "tpu"
@@ -187,6 +189,57 @@ def test_parameter_node_persists_choices_in_the_scene(scene, lidc_files, tmp_pat
     q = module.ChestCTMTLLogic().getParameterNode()
     assert q.inputVolume is not None and q.inputVolume.GetName() == "CT"
     assert (q.device, q.createReconstruction, q.scoreThreshold) == ("cpu", False, 0.55)
+
+
+def test_parameter_node_ranges_are_the_options_ranges():
+    """One range per option, read from ChestCTMTLLib.options (no second one in the module)."""
+    import typing
+
+    hints = typing.get_type_hints(module.ChestCTMTLParameterNode, include_extras=True)
+    within = [a for a in typing.get_args(hints["scoreThreshold"])[1:]
+              if type(a).__name__ == "WithinRange"]
+    assert len(within) == 1
+    assert (within[0].minimum, within[0].maximum) == RANGES["score_threshold"]
+    choices = [a for a in typing.get_args(hints["device"])[1:] if type(a).__name__ == "Choice"]
+    assert tuple(choices[0].choices) == DEVICES
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert not re.search(r"WithinRange\(\s*[-\d.]", source), "a range typed into the module"
+    assert "scoreThresholdSliderWidget.minimum" in source  # the slider follows RANGES too
+
+
+def test_parameter_node_refuses_values_outside_the_options_range(scene):
+    p = module.ChestCTMTLLogic().getParameterNode()
+    low, high = RANGES["score_threshold"]
+    p.scoreThreshold = low
+    p.scoreThreshold = high
+    for bad in (low - 0.01, high + 0.01):
+        with pytest.raises(ValueError):
+            p.scoreThreshold = bad
+    assert p.scoreThreshold == high
+
+
+def test_new_parameter_node_starts_at_the_models_calibrated_point(scene, model_dir, tmp_path,
+                                                                  monkeypatch):
+    import shutil
+
+    from ChestCTMTLLib import calibration, modelio
+
+    folder = tmp_path / "calibrated"
+    shutil.copytree(model_dir, folder)
+    calibration.write_calibration(folder, dict(calibration.DEFAULTS, fitted=True,
+                                               score_threshold=0.37))
+    monkeypatch.setenv("CHESTCTMTL_RESOURCES", str(tmp_path))
+    modelio.register_model(folder, registry=tmp_path / "models.json")
+    logic = module.ChestCTMTLLogic()
+    assert logic.calibratedScoreThreshold(None) == pytest.approx(0.37)
+    assert logic.calibratedScoreThreshold(str(folder)) == pytest.approx(0.37)
+    assert logic.getParameterNode().scoreThreshold == pytest.approx(0.37)
+    p = logic.getParameterNode()
+    p.scoreThreshold = 0.6  # a user's choice in an existing node is kept
+    assert module.ChestCTMTLLogic().getParameterNode().scoreThreshold == pytest.approx(0.6)
+    # no model at all: the panel still opens, at the options' fallback
+    assert logic.calibratedScoreThreshold(tmp_path / "missing") == \
+        pytest.approx(module.FALLBACK_SCORE_THRESHOLD)
 
 
 def test_input_problems_are_specific(scene, lidc_files):
@@ -263,6 +316,41 @@ def test_switched_off_results_are_not_created(scene, lidc_files, model_dir):
     assert result_nodes.segmentation is None and result_nodes.reconstruction is None
     assert result_nodes.rois == [] and result_nodes.table.GetNumberOfRows() == 0
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_logic_keeps_one_analyzer_and_loads_the_model_once(scene, lidc_files, model_dir,
+                                                          monkeypatch):
+    """process() builds AnalysisOptions from its arguments; the Analyzer is cached per (model
+    folder, device), so new options reuse the loaded weights."""
+    from ChestCTMTLLib import modelio
+
+    loads = []
+    real_load = modelio.load_model
+
+    def counting_load(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(modelio, "load_model", counting_load)
+    logic = module.ChestCTMTLLogic()
+    a = load_slices(lidc_files, 58, 4, "A")
+    b = load_slices(lidc_files, 70, 4, "B")
+    logic.process(a, model=model_dir, device="cpu", interactive=False)
+    first = logic.getAnalyzer(model_dir, AnalysisOptions(device="cpu"))
+    logic.process(b, model=str(model_dir), device="cpu", interactive=False, scoreThreshold=0.8,
+                  createReconstruction=False)
+    assert len(loads) == 1
+    analyzer = logic.getAnalyzer(model_dir, logic.analysisOptions(
+        "cpu", createReconstruction=False, scoreThreshold=0.8))
+    assert analyzer.loaded is first.loaded and len(loads) == 1
+    assert analyzer.score_threshold == 0.8 and "reconstruction" not in analyzer.tasks
+    assert logic.getAnalyzer(model_dir, AnalysisOptions(device="cpu")).score_threshold == \
+        pytest.approx(logic.calibratedScoreThreshold(model_dir))  # None: calibrated point
+    before = counts(scene)
+    with pytest.raises(OptionError):  # refused before any work, the scene unchanged
+        logic.process(a, model=model_dir, device="cpu", interactive=False, replace=True,
+                      scoreThreshold=RANGES["score_threshold"][1] + 0.5)
+    assert counts(scene) == before and len(loads) == 1
 
 
 def test_rerun_replaces_only_that_volumes_results(scene, lidc_files, model_dir):
@@ -429,6 +517,7 @@ def test_report_contents_and_volumes_follow_an_edited_segmentation(reviewed_case
     masks = result.lesion_masks
     expected = {k: float(m.sum()) * voxel_mm3 for k, m in masks.items()}
     assert report["lesion_volumes_mm3"] == pytest.approx(expected, abs=0.1)
+    assert report["lung_volumes_ml"] is None, "no lung segmentation, no lung volumes"
     assert report["verdict"] == result.predicted_class
     assert report["probabilities"] == pytest.approx(result.class_probabilities)
     assert report["model"] == result.model.to_dict()
@@ -465,6 +554,43 @@ def test_report_contents_and_volumes_follow_an_edited_segmentation(reviewed_case
     f2 = {f["id"]: f for f in report2["findings"]}
     assert f2["L2"]["volume_mm3_segmentation"] == pytest.approx(2 * kept * voxel_mm3, abs=0.1)
     assert f2["L2"]["volume_mm3_detected"] == pytest.approx(findings["L2"]["volume_mm3_detected"])
+
+
+def test_report_has_lung_volumes_that_follow_an_edited_lung_segmentation(scene, lidc_files,
+                                                                         tmp_path):
+    volume = load_slices(lidc_files, 60, 6, "LIDC lungs")
+    logic = module.ChestCTMTLLogic()
+    result = with_lungs(synthetic_result(logic.volumeToCT(volume)))
+    result_nodes = logic.createResultNodes(volume, result)
+    assert result_nodes.lungs is not None
+    voxel_ml = float(np.prod(result.volume.spacing)) / 1000.0
+    expected = {"right lung": float((result.lung_labels == 1).sum()) * voxel_ml,
+                "left lung": float((result.lung_labels == 2).sum()) * voxel_ml}
+    paths = logic.saveReview(volume, tmp_path / "before.mrb")
+    report = json.loads(paths["json"].read_text())
+    assert report["lung_volumes_ml"] == pytest.approx(expected, abs=0.05)
+    assert {f["id"]: (f["lung"], f["zone"]) for f in report["findings"]} == {
+        "L1": ("right", "upper"), "L2": ("left", "lower")}
+    md = paths["markdown"].read_text()
+    assert "## Lung volumes" in md and "| right lung | {:.1f} |".format(expected["right lung"]) in md
+    assert "| L1 | covid-infection | right | upper |" in md
+    csv_rows = paths["csv"].read_text().splitlines()
+    assert csv_rows[0].split(",") == list(review.CSV_COLUMNS)
+    assert csv_rows[1].split(",")[-2:] == ["right", "upper"]
+
+    # The reviewer erases the right lung's first slice: its volume follows, the left's stays.
+    lungs = result_nodes.lungs
+    right = nodes.segment_mask_array(lungs, "right lung", volume)
+    removed = int(right[0].sum())
+    assert removed > 0
+    right[0] = 0
+    slicer.util.updateSegmentBinaryLabelmapFromArray(right, lungs, "right lung", volume)
+    report2 = json.loads(logic.saveReview(volume, tmp_path / "after.mrb")["json"].read_text())
+    assert report2["lung_volumes_ml"]["right lung"] == pytest.approx(
+        expected["right lung"] - removed * voxel_ml, abs=0.05)
+    assert report2["lung_volumes_ml"]["left lung"] == pytest.approx(expected["left lung"], abs=0.05)
+    np.testing.assert_array_equal(nodes.segment_mask_array(lungs, "left lung", volume),
+                                  result.lung_labels == 2)
 
 
 def test_save_review_without_results_writes_nothing(scene, lidc_files, tmp_path):

@@ -15,7 +15,7 @@ vtk = pytest.importorskip("vtk")
 from ChestCTMTLLib.results import CLASS_NAMES, FINDINGS_TSV_COLUMNS  # noqa: E402
 from ChestCTMTLLib.volume_io import read_ct  # noqa: E402
 from ChestCTMTLMRML import headless, nodes, terminology  # noqa: E402
-from mrml_testutil import box_finding, synthetic_result  # noqa: E402
+from mrml_testutil import box_finding, synthetic_result, with_lungs  # noqa: E402
 
 
 
@@ -77,6 +77,7 @@ def test_result_nodes_types_names_geometry(scene, small_ct):
         assert segmentation.GetSegment(lesion_type).GetName() == lesion_type
     display = seg.GetDisplayNode()
     assert display.GetVisibility2DFill() and display.GetVisibility2DOutline()
+    assert made.lungs is None, "no lung labels, no lung segmentation"
     # The segmentation's reference geometry is the input's grid.
     geometry = seg.GetSegmentation().GetConversionParameter("Reference image geometry")
     values = [float(v) for v in geometry.split(";")[:16]]
@@ -171,22 +172,90 @@ def test_rerun_replaces_only_that_volumes_results(scene, small_ct):
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
 
 
-@pytest.mark.parametrize("fail_at", ["roi", "table"])
+@pytest.mark.parametrize("fail_at", ["lungs", "roi", "table"])
 def test_failure_leaves_the_scene_as_it_was(scene, small_ct, monkeypatch, fail_at):
     volume = nodes.volume_node_from_ct(scene, small_ct, "small")
-    previous = nodes.create_result_nodes(scene, volume, synthetic_result(small_ct))
+    previous = nodes.create_result_nodes(scene, volume, with_lungs(synthetic_result(small_ct)))
+    assert previous.lungs is not None
     snapshot = _snapshot(scene)
-    real = {"roi": nodes._build_roi, "table": nodes._build_tables}[fail_at]
+    name = {"lungs": "_build_lungs", "roi": "_build_roi", "table": "_build_tables"}[fail_at]
+    real = getattr(nodes, name)
 
     def failing(*args, **kwargs):
         real(*args, **kwargs)  # let it create its nodes, then fail
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(nodes, {"roi": "_build_roi", "table": "_build_tables"}[fail_at], failing)
+    monkeypatch.setattr(nodes, name, failing)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        nodes.create_result_nodes(scene, volume, synthetic_result(small_ct), replace=True)
-    assert _snapshot(scene) == snapshot
+        nodes.create_result_nodes(scene, volume, with_lungs(synthetic_result(small_ct)),
+                                  replace=True)
+    assert _snapshot(scene) == snapshot, "no half-made node (a lungs node included) may remain"
     assert all(node.GetScene() is scene for node in previous.data_nodes())
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2  # the previous two
+
+
+def test_lungs_become_a_terminology_coded_segmentation(scene, small_ct):
+    volume = nodes.volume_node_from_ct(scene, small_ct, "small")
+    result = with_lungs(synthetic_result(small_ct))
+    made = nodes.create_result_nodes(scene, volume, result)
+    sh = scene.GetSubjectHierarchyNode()
+    lungs = made.lungs
+    assert lungs.IsA("vtkMRMLSegmentationNode") and lungs.GetName() == "small lungs"
+    assert lungs.GetAttribute(nodes.ROLE_ATTR) == nodes.ROLE_LUNGS
+    assert sh.GetItemParent(sh.GetItemByDataNode(lungs)) == made.folder_item
+    assert lungs.GetNodeReference(nodes.INPUT_REFERENCE_ROLE) is volume
+    assert made.segmentation is not None and made.segmentation is not lungs
+    segmentation = lungs.GetSegmentation()
+    assert list(segmentation.GetSegmentIDs()) == ["right lung", "left lung"]
+    geometry = segmentation.GetConversionParameter("Reference image geometry")
+    values = [float(v) for v in geometry.split(";")[:16]]
+    np.testing.assert_allclose(np.array(values).reshape(4, 4), small_ct.ijk_to_ras, atol=1e-6)
+
+    logic = headless.get_logic("Terminologies")
+    terminology.ensure_loaded(logic)
+    for value, name, laterality in ((1, "right lung", ("24028007", "Right")),
+                                    (2, "left lung", ("7771000", "Left"))):
+        segment = segmentation.GetSegment(name)
+        assert segment.GetName() == name
+        mask = nodes.segment_mask_array(lungs, name, volume)
+        assert int(mask.sum()) == int((result.lung_labels == value).sum()) > 0
+        np.testing.assert_array_equal(mask, result.lung_labels == value)
+        np.testing.assert_allclose(segment.GetColor(), terminology.lung_term(value).color)
+        np.testing.assert_allclose(segment.GetColor(), np.array([197, 165, 145]) / 255.0)
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(segment.GetTerminology(), entry)
+        assert entry.GetTerminologyContextName() == terminology.context_name()
+        assert entry.GetCategoryObject().GetCodeValue() == "123037004"  # anatomical structure
+        assert (entry.GetTypeObject().GetCodingSchemeDesignator(),
+                entry.GetTypeObject().GetCodeValue()) == ("SCT", "39607008")  # lung
+        assert (entry.GetTypeModifierObject().GetCodeValue(),
+                entry.GetTypeModifierObject().GetCodeMeaning()) == laterality
+        assert not entry.GetRegionObject().GetCodeValue()
+        # Slicer's own lookup by label finds the same codes and colour in our context file
+        found = slicer.vtkSlicerTerminologyEntry()
+        assert logic.FindTypeInTerminologyBy3dSlicerLabel(terminology.context_name(), name, found)
+        assert logic.SerializeTerminologyEntry(found).split("~")[:4] == \
+            segment.GetTerminology().split("~")[:4]
+        assert tuple(found.GetTypeModifierObject().GetRecommendedDisplayRGBValue()) == \
+            (197, 165, 145)
+    display = lungs.GetDisplayNode()
+    assert display.GetVisibility2DOutline() and not display.GetVisibility2DFill()
+    assert nodes.find_result_nodes(scene, volume).lungs is lungs
+    table = made.table.GetTable()
+    assert table.GetValueByName(0, "lung").ToString() == "right"
+    assert table.GetValueByName(1, "zone").ToString() == "lower"
+
+    # replaced with the results, removed with them; switched off by option
+    again = nodes.create_result_nodes(scene, volume, with_lungs(synthetic_result(small_ct)),
+                                      replace=True)
+    assert lungs.GetScene() is None and again.lungs.GetScene() is scene
+    plain = nodes.create_result_nodes(scene, volume, synthetic_result(small_ct), replace=True)
+    assert plain.lungs is None and again.lungs.GetScene() is None
+    for options in (nodes.ResultOptions(lungs=False), nodes.ResultOptions(segmentation=False)):
+        off = nodes.create_result_nodes(scene, volume, with_lungs(synthetic_result(small_ct)),
+                                        replace=True, options=options)
+        assert off.lungs is None
+        assert scene.GetFirstNodeByName("small lungs") is None
 
 
 def test_mismatching_result_is_refused_without_changes(scene, small_ct):
@@ -196,6 +265,11 @@ def test_mismatching_result_is_refused_without_changes(scene, small_ct):
     snapshot = _snapshot(scene)
     with pytest.raises(nodes.GeometryMismatchError):
         nodes.create_result_nodes(scene, volume, result)
+    assert _snapshot(scene) == snapshot
+    short_lungs = with_lungs(synthetic_result(small_ct))
+    short_lungs.lung_labels = short_lungs.lung_labels[:, :-1]
+    with pytest.raises(nodes.GeometryMismatchError):
+        nodes.create_result_nodes(scene, volume, short_lungs)
     assert _snapshot(scene) == snapshot
     moved = synthetic_result(small_ct)
     moved.volume = type(small_ct)(small_ct.array, small_ct.ijk_to_ras + np.diag([0, 0, 0, 0]) +

@@ -257,3 +257,109 @@ def test_failed_save_leaves_nothing(tmp_path, flat_ct, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         preview.write_preview(_result(flat_ct, LPS_IDENTITY, {}), tmp_path / "preview.png")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- lungs
+LUNG = preview.DEFAULT_COLORS["right lung"]  # Slicer's lung colour (both lungs)
+
+
+def _near_colour(shown, image, axes, row, col, colour, radius=2):
+    """Smallest RGB distance to ``colour`` within ``radius`` pixels of a data point."""
+    prow, pcol = shown.data_to_pixel(axes, row, col)
+    r, c = int(round(prow)), int(round(pcol))
+    patch = image[r - radius:r + radius + 1, c - radius:c + radius + 1]
+    return float(np.abs(patch - np.asarray(colour)).max(axis=-1).min())
+
+
+def _two_lungs(shape):
+    """Right lung at the small column indices (the patient's right on the LPS identity grid),
+    left lung at the large ones, over slices 5..shape[0]-6 (every slice of a short volume)."""
+    labels = np.zeros(shape, np.uint8)
+    k = shape[0]
+    lo, hi = (5, k - 5) if k > 12 else (0, k)
+    labels[lo:hi, 8:31, 4:21] = 1
+    labels[lo:hi, 10:29, 26:45] = 2
+    return labels
+
+
+def test_lung_outlines_on_the_preview(tmp_path, flat_ct):
+    result = _result(flat_ct, LPS_IDENTITY, {}, recon=flat_ct.copy())
+    result.lung_labels = _two_lungs(flat_ct.shape)
+    shown, image = _save(result, tmp_path)
+    panel = shown.panels[0]
+    # the outline runs along the lungs' voxel borders, in Slicer's lung colour ...
+    for row, col in ((19, 3.5), (19, 20.5), (7.5, 12), (30.5, 12),  # right lung
+                     (19, 25.5), (19, 44.5)):  # left lung
+        assert _near_colour(shown, image, panel.ct_axes, row, col, LUNG) < 0.12, (row, col)
+    # ... thin, and not a fill: the lung's inside stays grey, the reconstruction clean
+    for row, col in ((19, 12), (19, 35)):
+        assert _chroma(_pixel(shown, image, panel.ct_axes, row, col)) < 0.03
+    assert not _coloured_voxels(shown, image, panel.recon_axes, flat_ct.shape[1:])
+    legend = [t.get_text() for t in shown.figure.legends[0].get_texts()]
+    assert "lung outline" in legend
+
+
+def test_no_lung_labels_draws_no_outline(tmp_path, flat_ct):
+    shown, image = _save(_result(flat_ct, LPS_IDENTITY, {}, recon=flat_ct.copy()), tmp_path)
+    assert not _coloured_voxels(shown, image, shown.panels[0].ct_axes, flat_ct.shape[1:])
+    legend = [t.get_text() for t in shown.figure.legends[0].get_texts()]
+    assert "lung outline" not in legend
+
+
+def test_lung_preview_coronal_and_three_zones(tmp_path):
+    shape = (30, 40, 48)
+    ct = np.full(shape, -700, np.int16)
+    labels = _two_lungs(shape)
+    result = _result(ct, LPS_IDENTITY, {})
+    result.lung_labels = labels
+    path = tmp_path / preview.LUNG_PREVIEW_FILE
+    shown = preview.write_lung_preview(result, path, title="case")
+    assert shown.path == path and path.is_file() and path.stat().st_size > 5000
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary left"
+    image = imread(str(path))[..., :3]
+    assert [p.kind for p in shown.panels] == ["coronal", "upper", "middle", "lower"]
+    # the centre of each third of the lungs' extent (slices 5..24), top to bottom
+    assert [p.index for p in shown.panels[1:]] == [21, 14, 8]
+    voxel_ml = 0.7 * 0.7 * 2.5 / 1000.0
+    assert shown.volumes_ml == pytest.approx({"right lung": (labels == 1).sum() * voxel_ml,
+                                              "left lung": (labels == 2).sum() * voxel_ml})
+    texts = [t.get_text() for t in shown.figure.texts]
+    assert "case" in texts and preview.NOTE in texts
+    assert any(t.startswith("right lung ") and "left lung " in t for t in texts)
+    coronal = shown.panels[0]
+    assert 10 <= coronal.index <= 28  # a row through both lungs
+    # coronal rows run from the top slice (superior) down: the lungs span rows 5..24 there
+    for row, col in ((14.5, 3.5), (14.5, 44.5), (4.5, 12), (24.5, 35)):
+        assert _near_colour(shown, image, coronal.axes, row, col, LUNG) < 0.12, (row, col)
+    for panel in shown.panels[1:]:
+        assert _near_colour(shown, image, panel.axes, 19, 3.5, LUNG) < 0.12
+        assert _chroma(_pixel(shown, image, panel.axes, 19, 12)) < 0.03
+
+    # the same picture from a volume and its labels; a volume alone is refused
+    again = preview.lung_preview_figure(result.volume, labels=labels)
+    assert [(p.kind, p.index) for p in again.panels] == [(p.kind, p.index) for p in shown.panels]
+    with pytest.raises(ValueError):
+        preview.lung_preview_figure(result.volume)
+    with pytest.raises(ValueError):
+        preview.lung_preview_figure(_result(ct, LPS_IDENTITY, {}))  # lung stage not run
+
+
+@pytest.mark.parametrize("name", sorted(ORIENTATIONS))
+def test_lung_preview_shows_the_right_lung_on_the_images_left(tmp_path, name):
+    ijk_to_ras = ORIENTATIONS[name]
+    ct, _, right = _right_anterior_case(ijk_to_ras, (5, 32, 32))
+    result = _result(ct, ijk_to_ras, {})
+    result.lung_labels = right  # value 1: the right lung, in the patient's right front
+    shown = preview.write_lung_preview(result, tmp_path / "lungs.png")
+    image = imread(str(shown.path))[..., :3]
+    height = image.shape[0]
+    for panel in shown.panels:
+        bbox = panel.axes.get_window_extent()
+        top, bottom = height - bbox.y1, height - bbox.y0
+        sub = image[int(top) + 2:int(bottom) - 2, int(bbox.x0) + 2:int(bbox.x1) - 2]
+        hits = np.argwhere(sub.max(-1) - sub.min(-1) > 0.05)
+        assert hits.size, (name, panel.kind)
+        fractions = hits / np.array(sub.shape[:2], dtype=float)
+        assert (fractions[:, 1] < 0.5).all(), (name, panel.kind)  # patient's right on the left
+        if panel.kind != "coronal":
+            assert (fractions[:, 0] < 0.5).all(), (name, panel.kind)  # anterior at the top

@@ -125,12 +125,14 @@ def child_stages(case: str, model_dir: str, device: str) -> None:
     import torch  # noqa: F401
 
     from ChestCTMTLLib import inference, volume_io
+    from ChestCTMTLLib.options import AnalysisOptions
     t1 = time.perf_counter()
     volume = volume_io.read_ct(case)
     t2 = time.perf_counter()
-    loaded = inference.resolve_model(model_dir, inference.resolve_device(device))
+    # device, model and calibration resolved once, as every front end does
+    analyzer = inference.Analyzer(model_dir, AnalysisOptions(device=device))
     t3 = time.perf_counter()
-    result = inference.analyze(volume, loaded, device=device)
+    result = analyzer.apply(volume)
     t4 = time.perf_counter()
     n = int(len(result.analysed_slices))
     net = sum(result.timings_s.get(k, 0.0) for k in ("preprocess", "forward", "map_back"))

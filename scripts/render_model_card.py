@@ -21,9 +21,10 @@ from ChestCTMTLLib.paths import data_root  # noqa: E402
 from ChestCTMTLTraining.modelcard import render  # noqa: E402
 
 
-def volume_verdicts(model_dir: Path) -> list:
-    from ChestCTMTLLib.inference import analyze
-    from ChestCTMTLLib.modelio import load_model
+def volume_verdicts(model_dir: Path):
+    """(the findings' operating point, one row per whole CT): one Analyzer, one model load."""
+    from ChestCTMTLLib.inference import Analyzer
+    from ChestCTMTLLib.options import AnalysisOptions
     from ChestCTMTLLib.sample_data import sample_path
     from ChestCTMTLLib.volume_io import read_ct
 
@@ -32,18 +33,18 @@ def volume_verdicts(model_dir: Path) -> list:
              ("LIDC-IDRI-0002 (held-out scan, NIfTI)", root / "lidc" / "LIDC-IDRI-0002-nifti" / "image.nii.gz"),
              ("PyRadiomics lung1 (external, NRRD)", sample_path("lung1_image.nrrd")),
              ("PyRadiomics lung2 (external, NRRD)", sample_path("lung2_image.nrrd"))]
-    lm = load_model(model_dir)
+    analyzer = Analyzer(model_dir, AnalysisOptions(device="cpu"))
     rows = []
     for label, path in cases:
         if not Path(path).exists():
             rows.append({"case": label, "missing": str(path)})
             continue
-        res = analyze(read_ct(path), lm, device="cpu")
+        res = analyzer.apply(read_ct(path))
         scores = sorted((f.score for f in res.findings), reverse=True)
         rows.append({"case": label, "verdict": res.predicted_class,
                      "probabilities": {k: round(v, 3) for k, v in res.class_probabilities.items()},
                      "findings": len(scores), "top_scores": [round(s, 3) for s in scores[:3]]})
-    return rows
+    return analyzer.score_threshold, rows
 
 
 def ablation_section(md: Path) -> str:
@@ -87,11 +88,12 @@ def main(argv=None) -> int:
     lines.append("- nodule-mass Dice on tumour slices %.3f; detection sensitivity at 1 FP/scan %.1f, CPM %.3f"
                  % (h["nodule_dice"], h["sensitivity_at_1fp"], h["froc_cpm"]))
     extra.append("\n".join(lines))
-    rows = volume_verdicts(model_dir)
+    threshold, rows = volume_verdicts(model_dir)
     v = ["## Whole-volume verdicts (inference engine, `chestctmtl analyze`)", "",
          "Does the classifier key on the source? Every whole CT we have is cancer-bearing; a verdict "
          "of non-covid on them is a miss, covid would be a source artefact.", "",
-         "| case | verdict | non-covid / covid / cancer | findings (score >= 0.3) | top scores |",
+         "| case | verdict | non-covid / covid / cancer | findings (score >= %g, the model's "
+         "operating point) | top scores |" % threshold,
          "|---|---|---|---|---|"]
     for r in rows:
         if "missing" in r:

@@ -34,6 +34,7 @@ import math
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Union
 
@@ -41,16 +42,15 @@ import numpy as np
 
 from . import errors
 from .orientation import AxialView, axial_view
-from .postprocess import (SliceBox, Track, aggregate_slice_probabilities, link_slice_boxes,
+from .calibration import Calibration, CalibrationError, load_calibration
+from .lungs import LungMask
+from .options import (DEFAULT_MIN_FINDING_EXTENT_MM, AnalysisOptions, OptionError)
+from .postprocess import (SliceBox, aggregate_slice_probabilities, link_slice_boxes,
                           remove_small_islands, suppress_duplicate_tracks, track_volume_mm3)
 from .results import AnalysisResult, Finding
 from .volume import AIR_HU, CTVolume
 from .volume_io import validate_ct
 
-DEFAULT_SCORE_THRESHOLD = 0.3
-DEFAULT_SEG_THRESHOLD = 0.5
-DEFAULT_MIN_ISLAND_MM3 = 14.0  # a 3 mm sphere: LIDC's own lower limit for outlined nodules
-DEFAULT_MIN_FINDING_EXTENT_MM = 3.0  # along the slice axis; drops one-slice flickers
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -197,88 +197,374 @@ def default_batch_size(device: str) -> int:
 
 
 # --------------------------------------------------------------------------- findings
-def _tracks_to_findings(tracks: List[Track], view: AxialView, volume: CTVolume,
-                        in_shape) -> List[Finding]:
-    h, w = in_shape
-    s_mm, r_mm, c_mm = view.spacing
-    findings = []
-    for n, t in enumerate(tracks, start=1):
-        s0, s1, r0, r1, c0, c1 = t.box3d()
-        lo = (s0, max(0, math.floor(r0)), max(0, math.floor(c0)))
-        hi = (s1, min(h - 1, max(lo[1], math.ceil(r1) - 1)), min(w - 1, max(lo[2], math.ceil(c1) - 1)))
-        ijk_min, ijk_max = view.canonical_box_to_ijk(lo, hi)
-        # voxel-centre coordinates: continuous pixel x in [p, p+1) is centre coordinate x - 0.5
-        centre = view.canonical_to_ijk([[0.5 * (s0 + s1), 0.5 * (r0 + r1) - 0.5,
-                                         0.5 * (c0 + c1) - 0.5]])
-        corners = np.array([[s, r, c] for s in (s0 - 0.5, s1 + 0.5) for r in (r0 - 0.5, r1 - 0.5)
-                            for c in (c0 - 0.5, c1 - 0.5)])
-        corners_ras = volume.ijk_to_ras_points(view.canonical_to_ijk(corners))
-        centre_ras = volume.ijk_to_ras_points(centre)[0]
-        findings.append(Finding(
-            id="L%d" % n, type=t.type, score=float(t.score),
-            center_ras=[float(v) for v in centre_ras],
-            size_ras=[float(v) for v in corners_ras.max(axis=0) - corners_ras.min(axis=0)],
-            ijk_min=[int(v) for v in ijk_min], ijk_max=[int(v) for v in ijk_max],
-            volume_mm3=track_volume_mm3(t, r_mm, c_mm, s_mm)))
-    return findings
+def _candidate_to_finding(cand, fid: str, view: AxialView, volume: CTVolume) -> Finding:
+    """A canonical-grid candidate -> a Finding in RAS on the input grid."""
+    from .candidates import lung_side_name
+
+    idx = cand.voxel_indices()
+    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    ijk_min, ijk_max = view.canonical_box_to_ijk(lo, hi)
+    centre_ras = volume.ijk_to_ras_points(view.canonical_to_ijk(cand.centre_index()[None]))[0]
+    corners = np.array([[s, r, c] for s in (lo[0] - 0.5, hi[0] + 0.5)
+                        for r in (lo[1] - 0.5, hi[1] + 0.5) for c in (lo[2] - 0.5, hi[2] + 0.5)])
+    corners_ras = volume.ijk_to_ras_points(view.canonical_to_ijk(corners))
+    f = cand.features
+    diameter = f.get("diameter_mm", f.get("equivalent_diameter_mm", 0.0))
+    return Finding(
+        id=fid, type=cand.type, score=float(cand.score),
+        center_ras=[float(v) for v in centre_ras],
+        size_ras=[float(v) for v in corners_ras.max(axis=0) - corners_ras.min(axis=0)],
+        ijk_min=[int(v) for v in ijk_min], ijk_max=[int(v) for v in ijk_max],
+        volume_mm3=float(f.get("volume_mm3", 0.0)), lung=lung_side_name(cand.lung),
+        zone=cand.zone, diameter_mm=float(diameter),
+        features={k: float(v) for k, v in f.items() if isinstance(v, (int, float))})
 
 
 def findings_from_slice_boxes(boxes: Iterable[SliceBox], view: AxialView, volume: CTVolume,
                               min_extent_mm: float = DEFAULT_MIN_FINDING_EXTENT_MM,
                               iou_threshold: float = 0.3, max_gap: int = 1) -> List[Finding]:
-    """Per-slice boxes (canonical slice, input pixels) -> 3D findings in RAS, best first.
-
-    Public so that evaluation and tests use exactly the merge that ``analyze`` uses.
-    """
-    s_mm = view.spacing[0]
+    """Per-slice boxes linked across slices into 3D box findings (the lung-blind pipeline,
+    ``AnalysisOptions(lungs=False)``), best first."""
+    s_mm, r_mm, c_mm = view.spacing
     min_slices = max(1, int(math.ceil(min_extent_mm / max(s_mm, 1e-6) - 1e-6)))
     tracks = link_slice_boxes(list(boxes), iou_threshold=iou_threshold, max_gap=max_gap)
     tracks = [t for t in tracks if t.slice_range[1] - t.slice_range[0] + 1 >= min_slices]
     tracks = suppress_duplicate_tracks(tracks)
     tracks.sort(key=lambda t: (-t.score, t.slice_range[0]))
     _, rows, cols = view.canonical_shape
-    return _tracks_to_findings(tracks, view, volume, (rows, cols))
+    findings = []
+    for n, t in enumerate(tracks, start=1):
+        s0, s1, r0, r1, c0, c1 = t.box3d()
+        lo = (s0, max(0, math.floor(r0)), max(0, math.floor(c0)))
+        hi = (s1, min(rows - 1, max(lo[1], math.ceil(r1) - 1)),
+              min(cols - 1, max(lo[2], math.ceil(c1) - 1)))
+        ijk_min, ijk_max = view.canonical_box_to_ijk(lo, hi)
+        centre = view.canonical_to_ijk([[0.5 * (s0 + s1), 0.5 * (r0 + r1) - 0.5,
+                                         0.5 * (c0 + c1) - 0.5]])
+        corners = np.array([[s, r, c] for s in (s0 - 0.5, s1 + 0.5) for r in (r0 - 0.5, r1 - 0.5)
+                            for c in (c0 - 0.5, c1 - 0.5)])
+        corners_ras = volume.ijk_to_ras_points(view.canonical_to_ijk(corners))
+        findings.append(Finding(
+            id="L%d" % n, type=t.type, score=float(t.score),
+            center_ras=[float(v) for v in volume.ijk_to_ras_points(centre)[0]],
+            size_ras=[float(v) for v in corners_ras.max(axis=0) - corners_ras.min(axis=0)],
+            ijk_min=[int(v) for v in ijk_min], ijk_max=[int(v) for v in ijk_max],
+            volume_mm3=track_volume_mm3(t, r_mm, c_mm, s_mm),
+            diameter_mm=float(max(r1 - r0, 0) * r_mm)))
+    return findings
 
 
-# --------------------------------------------------------------------------- main entry
-def analyze(volume: CTVolume, model=None, device: str = "auto",
-            tasks: Optional[Iterable[str]] = None,
-            score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-            batch_size: Optional[int] = None,
-            progress: Optional[ProgressCallback] = None,
+@dataclass
+class LesionStage:
+    """What the lung-aware post-processing made of the network outputs (canonical grid).
+
+    Lesions exist only around the lungs, so everything after the lung mask runs on ``crop``
+    (the lungs' bounding box plus the margin): ``masks`` are on that crop; candidates' boxes
+    are on the full canonical grid.
+    """
+
+    lungs: Optional[LungMask]  # full canonical grid
+    crop: tuple  # slices of the canonical grid the masks cover
+    masks: Dict[str, np.ndarray]  # lesion type -> bool, inside the lungs, on ``crop``
+    nodules: list  # candidates.Candidate, kept and dropped, best first
+    zones: list  # candidates.Candidate per lung zone
+    pattern: object  # verdict.LesionPattern
+    evidence_nodule: object  # the nodule Candidate counted as evidence for cancer, or None
+
+
+def _lesion_crop(lungs: Optional[LungMask], shape, margin) -> tuple:
+    if lungs is None or not lungs.found or lungs.bbox is None:
+        return tuple(slice(0, n) for n in shape)
+    bb = lungs.bbox
+    return tuple(slice(max(0, b.start - m - 1), min(n, b.stop + m + 1))
+                 for b, m, n in zip(bb, margin, shape))
+
+
+def lesion_stage(outputs: NetworkOutputs, canon_hu: np.ndarray, options: AnalysisOptions,
+                 cal: Calibration, lesion_types: Iterable[str], prog: Optional["_Progress"] = None,
+                 timings: Optional[Dict[str, float]] = None) -> LesionStage:
+    """Lungs, lesion masks restricted to them, 3D candidates, zones and the lesion pattern.
+
+    The one implementation of the steps after the network that ``analyze`` and the
+    evaluation commands run.
+    """
+    from .candidates import (in_lung_mask, nodule_candidates, plausible_infection, shifted,
+                             touching_zone, zone_candidates)
+    from .lungs import grow_into_lesions, segment_lungs
+    from .verdict import cancer_evidence, lesion_pattern
+
+    timings = {} if timings is None else timings
+    check = prog.check if prog is not None else (lambda: None)
+    t = time.perf_counter()
+    spacing = outputs.view.spacing
+    s_mm, r_mm, c_mm = spacing
+    thr = int(math.ceil(options.seg_threshold * 255.0))
+    types = [tname for tname in lesion_types if tname in outputs.seg_prob]
+    lungs = segment_lungs(canon_hu, spacing)
+    margin = tuple(int(math.ceil(options.lung_margin_mm / max(v, 1e-6))) if options.lung_margin_mm
+                   else 0 for v in spacing)
+    crop = _lesion_crop(lungs, canon_hu.shape, margin)
+    offset = [c.start for c in crop]
+    lungs_c = LungMask(lungs.labels[crop], spacing, lungs.airway_ml, lungs.split)  # a view
+    prob = {tname: outputs.seg_prob[tname][crop] for tname in types}
+    raw = {tname: p >= thr for tname, p in prob.items()}
+    if raw and lungs.found:
+        any_lesion = np.zeros(lungs_c.labels.shape, bool)
+        for m in raw.values():
+            any_lesion |= m
+        if grow_into_lesions(lungs_c, any_lesion):
+            lungs.invalidate()
+        del any_lesion
+    timings["lungs"] = timings.get("lungs", 0.0) + time.perf_counter() - t
+    check()
+    t = time.perf_counter()
+    allowed = in_lung_mask(lungs_c, lungs_c.labels.shape, margin)
+    del raw
+    check()
+    rules = cal.shape_rules(s_mm)
+    boxes = [SliceBox(b.slice - offset[0], b.type, b.score, b.r0 - offset[1], b.c0 - offset[2],
+                      b.r1 - offset[1], b.c1 - offset[2]) for b in outputs.boxes]
+    nodules, zones = [], []
+    if "nodule-mass" in prob:
+        nodules = nodule_candidates(prob["nodule-mass"], allowed, lungs_c, boxes, spacing, rules,
+                                    options.seg_threshold, options.min_island_mm3)
+    masks = {}
+    infection = touching = None
+    if "covid-infection" in prob:
+        near = touching_zone([c for c in nodules if c.kept], allowed.shape)
+        infection, touching, masks["covid-infection"] = plausible_infection(
+            prob["covid-infection"], allowed, spacing, rules, options.seg_threshold,
+            options.min_island_mm3, near)
+        del near
+    if "nodule-mass" in prob:
+        # the overlay: every island of at least min_island_mm3 inside the lungs
+        overlay = np.zeros(allowed.shape, bool)
+        for c in nodules:
+            overlay[c.bbox] |= c.mask
+        masks["nodule-mass"] = overlay
+    check()
+    lesion = np.zeros(allowed.shape, bool) if infection is None else infection.copy()
+    for c in nodules:
+        if c.kept:
+            lesion[c.bbox] |= c.mask
+    pattern = lesion_pattern(lesion, lungs_c if lungs.found else None, spacing, cal)
+    evidence = None
+    if pattern.diffuse:
+        # a diffuse process: its nodule-shaped islands are part of it, reported by zone
+        for c in nodules:
+            if c.kept:
+                c.kept, c.reason = False, "part of a diffuse bilateral process (reported by zone)"
+        infection = lesion
+    else:
+        evidence = cancer_evidence(nodules, s_mm, cal)
+        if infection is not None:
+            # infection islands touching a listed nodule/mass are that lesion seen twice
+            infection = infection & ~touching
+    if infection is not None and lungs.found:
+        p_inf = prob["covid-infection"]
+        if pattern.diffuse and "nodule-mass" in prob:
+            p_inf = np.maximum(p_inf, prob["nodule-mass"])
+        zone_boxes = [b for b in boxes if pattern.diffuse or b.type == "covid-infection"]
+        zones = zone_candidates(infection, p_inf, lungs_c, spacing, zone_boxes)
+        # a lung's infection is listed only from the volume that makes it a process rather
+        # than scattered islands (the same floor as a diffuse process's, per lung)
+        floor_mm3 = 1000.0 * float(cal.verdict["infection_min_ml_per_lung"])
+        per_lung: Dict[int, float] = {}
+        for z in zones:
+            per_lung[z.lung] = per_lung.get(z.lung, 0.0) + z.features["volume_mm3"]
+        for z in zones:
+            if per_lung[z.lung] < floor_mm3:
+                z.kept, z.reason = False, "below %g mL of infection in this lung" % (floor_mm3 / 1000)
+        zones = [z for z in zones if z.kept] + [z for z in zones if not z.kept]
+    for c in list(nodules) + list(zones):
+        shifted(c, offset)
+    timings["candidates"] = timings.get("candidates", 0.0) + time.perf_counter() - t
+    return LesionStage(lungs, crop, masks, nodules, zones, pattern, evidence)
+
+
+# --------------------------------------------------------------------------- the analyzer
+class Analyzer:
+    """Configure once (options, device, model, calibration), then ``apply(volume)`` per CT.
+
+    Like lungmask's ``LMInferer`` / nnU-Net's predictor: everything that can fail before any
+    work (bad option, missing model, no GPU, damaged calibration) fails here, once; ``apply``
+    then runs the stages every front end shares - network, lungs, 3D candidates, zones,
+    verdict - and returns an :class:`AnalysisResult` on the input's grid.
+    """
+
+    def __init__(self, model=None, options: Optional[AnalysisOptions] = None,
+                 calibration: Optional[Calibration] = None, **overrides) -> None:
+        """``calibration``: use this instead of the model folder's (the calibrate command)."""
+        opts = options or AnalysisOptions()
+        if overrides:
+            opts = opts.replace(**overrides)
+        self.options = opts
+        self.device = resolve_device(opts.device)
+        self.loaded = resolve_model(model, self.device)
+        try:
+            self.tasks = self.loaded.model.resolve_tasks(opts.tasks)
+        except ValueError as exc:
+            raise errors.TaskNotAvailableError(str(exc)) from exc
+        if calibration is not None:
+            self.calibration = calibration
+        else:
+            try:
+                self.calibration = load_calibration(self.loaded.folder, self.loaded.card)
+            except CalibrationError as exc:
+                raise errors.ModelError(str(exc), str(self.loaded.folder)) from exc
+
+    @property
+    def score_threshold(self) -> float:
+        """The findings list's operating point: the option if set, else the calibrated one."""
+        if self.options.score_threshold is not None:
+            return float(self.options.score_threshold)
+        return self.calibration.score_threshold
+
+    def apply(self, volume: CTVolume, progress: Optional[ProgressCallback] = None,
+              cancel: Union[None, Callable[[], bool], threading.Event] = None) -> AnalysisResult:
+        import torch
+
+        opts = self.options
+        previous = torch.get_num_threads()
+        try:
+            if opts.num_threads not in (None, "auto"):
+                torch.set_num_threads(int(opts.num_threads))
+            return self._apply(volume, progress, cancel)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _apply(self, volume, progress, cancel) -> AnalysisResult:
+        from .verdict import decide, lung_slice_selection
+
+        opts, loaded, dev = self.options, self.loaded, self.device
+        t_start = time.perf_counter()
+        timings: Dict[str, float] = {}
+        prog = _Progress(progress, cancel)
+        prog(0.0, "Validating input")
+        t = time.perf_counter()
+        validate_ct(volume)
+        timings["validate"] = time.perf_counter() - t
+        prog(0.02, "Preparing the model")
+        t = time.perf_counter()
+        net = inference_network(loaded, dev, opts.channels_last)
+        timings["load_model"] = time.perf_counter() - t
+        config = loaded.config
+        prog(0.05, "Finding the lungs")
+        # the network's box threshold: low enough for the lowest operating point in use
+        box_threshold = min(self.score_threshold, self.calibration.score_threshold)
+        outputs = run_network(volume, loaded, net, dev, self.tasks, box_threshold, opts.batch_size,
+                              prog, opts.channels_last, opts.num_threads == "auto", (0.1, 0.7))
+        timings.update(outputs.timings)
+
+        prog(0.82, "Segmenting the lungs")
+        view = outputs.view
+        canon = view.to_canonical(volume.array)
+        s_mm = view.spacing[0]
+        shape = volume.array.shape
+        masks: Dict[str, np.ndarray] = {}
+        lung_labels = None
+        findings: List[Finding] = []
+        lungs_report: dict = {}
+        t = time.perf_counter()
+        stage = None
+        if opts.lungs:
+            stage = lesion_stage(outputs, canon, opts, self.calibration, config.lesion_types, prog,
+                                 timings)
+            t = time.perf_counter()
+            for tname, m in stage.masks.items():
+                masks[tname] = np.zeros(shape, dtype=np.uint8)
+                view.to_canonical(masks[tname])[stage.crop] = m
+            if stage.lungs is not None:
+                lung_labels = np.zeros(shape, dtype=np.uint8)
+                view.to_canonical(lung_labels)[...] = stage.lungs.labels
+                lungs_report = {"found": stage.lungs.found, "split": stage.lungs.split,
+                                "airway_removed_ml": round(stage.lungs.airway_ml, 2),
+                                "method": "HU thresholds + 3D components (ChestCTMTLLib.lungs)"}
+                for name, ml in stage.lungs.volume_ml().items():
+                    lungs_report[name] = {"volume_ml": round(ml, 1)}
+            listed = [c for c in stage.nodules if c.kept and c.score >= self.score_threshold]
+            listed += [z for z in stage.zones if z.kept and z.score >= self.score_threshold]
+            listed.sort(key=lambda c: (-c.score, -c.features.get("volume_mm3", 0.0)))
+            for n, cand in enumerate(listed, start=1):
+                findings.append(_candidate_to_finding(cand, "L%d" % n, view, volume))
+        else:
+            thr = int(math.ceil(opts.seg_threshold * 255.0))
+            for tname, prob in outputs.seg_prob.items():
+                masks[tname] = np.zeros(shape, dtype=np.uint8)
+                mv = view.to_canonical(masks[tname])
+                mv[...] = prob >= thr
+                if mv.any():
+                    min_vox = int(math.ceil(opts.min_island_mm3 / float(np.prod(view.spacing))))
+                    remove_small_islands(mv, min_vox)
+            if "detection" in self.tasks:
+                findings = [f for f in findings_from_slice_boxes(outputs.boxes, view, volume,
+                                                                 opts.min_finding_extent_mm)
+                            if f.score >= self.score_threshold]
+        outputs.seg_prob = {}  # free the probability maps before the verdict
+        timings["map_back_results"] = time.perf_counter() - t
+        prog(0.95, "Weighing the evidence")
+        t = time.perf_counter()
+        slices = outputs.slices
+        n_slices = canon.shape[0]
+        analysed = np.asarray((n_slices - 1 - slices) if view.flips[0] else slices, dtype=np.int64)
+        order = np.argsort(analysed, kind="stable")
+        class_probs: Dict[str, float] = {}
+        predicted = ""
+        verdict: dict = {}
+        probs_arr = outputs.slice_probs
+        if probs_arr is not None:
+            if stage is not None:
+                sel = lung_slice_selection(stage.lungs, slices,
+                                           float(self.calibration.verdict["lung_slice_min_fraction"]))
+                ev_id = ""
+                if stage.evidence_nodule is not None:
+                    for f_, c_ in zip(findings, listed):
+                        if c_ is stage.evidence_nodule:
+                            ev_id = f_.id
+                verdict = decide(probs_arr, sel, config.class_names, stage.evidence_nodule,
+                                 stage.pattern, self.calibration, ev_id)
+                class_probs = verdict.pop("probabilities")
+                predicted = verdict["predicted_class"]
+            else:
+                class_probs = aggregate_slice_probabilities(probs_arr, slice_mm=s_mm,
+                                                            class_names=config.class_names)
+                predicted = max(class_probs, key=lambda k: class_probs[k])
+            probs_arr = probs_arr[order]
+        timings["verdict"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        prog.check()
+        result = AnalysisResult(
+            volume=volume, class_probabilities=class_probs, predicted_class=predicted,
+            slice_probabilities=probs_arr, analysed_slices=analysed[order],
+            lesion_masks=masks, reconstruction_hu=outputs.reconstruction_hu, findings=findings,
+            model=loaded.identity, timings_s=timings, device=dev, slice_axis=int(view.perm[0]),
+            lung_labels=lung_labels, lungs=lungs_report, verdict=verdict)
+        result.stage = stage  # canonical-grid details for evaluation (not serialised)
+        prog(1.0, "Done")
+        return result
+
+
+def analyze(volume: CTVolume, model=None, progress: Optional[ProgressCallback] = None,
             cancel: Union[None, Callable[[], bool], threading.Event] = None,
-            seg_threshold: float = DEFAULT_SEG_THRESHOLD,
-            min_island_mm3: float = DEFAULT_MIN_ISLAND_MM3,
-            min_finding_extent_mm: float = DEFAULT_MIN_FINDING_EXTENT_MM,
-            channels_last: bool = True,
-            num_threads: Union[None, int, str] = "auto") -> AnalysisResult:
+            options: Optional[AnalysisOptions] = None, **option_values) -> AnalysisResult:
     """Analyse one CT volume with one multi-task model; results are on ``volume``'s grid.
 
-    ``model``: None (the bundled default, ``modelio.default_model_dir()``), a model folder, or a
-    ``modelio.LoadedModel`` (reused as is - keep one around to avoid reloading). ``tasks``: a
-    subset of the model's tasks (None: all it has); a task not asked for costs nothing.
-    ``progress(fraction, stage_text)`` is called with non-decreasing fractions ending at 1.0.
-    ``cancel`` (a callable returning True, or a ``threading.Event``) is polled between steps
-    and batches; when set, :class:`errors.Cancelled` is raised and nothing is returned.
-    ``num_threads`` (CPU only): an int fixes PyTorch's threads for this call; None keeps
-    PyTorch's setting; "auto" (default) measures batches with PyTorch's setting and with one
-    thread and keeps the faster (see :class:`_ThreadTuner`). The previous setting is restored.
-    ``score_threshold`` applies to per-slice detections.
+    A thin wrapper: ``Analyzer(model, AnalysisOptions(**option_values)).apply(volume, progress,
+    cancel)``; keep an :class:`Analyzer` to analyse many volumes with one model load.
+    ``model``: None (the bundled default), a model folder, or a ``modelio.LoadedModel``.
+    ``progress(fraction, stage_text)`` gets non-decreasing fractions ending at 1.0; ``cancel``
+    (a callable or a ``threading.Event``) is polled between steps and batches and raises
+    :class:`errors.Cancelled`. Keyword arguments are :class:`AnalysisOptions` fields
+    (``device``, ``tasks``, ``score_threshold``, ...), applied on top of ``options``.
 
     Raises :class:`errors.InputError` subclasses for bad input, :class:`errors.ModelError` for
-    a missing/corrupt model, :class:`errors.DeviceUnavailableError`, :class:`errors.Cancelled`.
+    a missing/corrupt model, :class:`errors.DeviceUnavailableError`, :class:`errors.Cancelled`,
+    :class:`options.OptionError` for an option out of range.
     """
-    import torch
-
-    previous = torch.get_num_threads()
-    try:
-        if num_threads not in (None, "auto"):
-            torch.set_num_threads(max(1, int(num_threads)))
-        return _analyze(volume, model, device, tasks, score_threshold, batch_size, progress,
-                        cancel, seg_threshold, min_island_mm3, min_finding_extent_mm,
-                        channels_last, num_threads == "auto")
-    finally:
-        torch.set_num_threads(previous)
+    opts = options or AnalysisOptions()
+    if option_values:
+        opts = opts.replace(**option_values)
+    return Analyzer(model, opts).apply(volume, progress, cancel)
 
 
 class _ThreadTuner:
@@ -331,78 +617,75 @@ class _ThreadTuner:
             self.best = min(self.times, key=self.times.get)
 
 
-def _analyze(volume, model, device, tasks, score_threshold, batch_size, progress, cancel,
-             seg_threshold, min_island_mm3, min_finding_extent_mm, channels_last, tune_threads):
+@dataclass
+class NetworkOutputs:
+    """What the network said about one volume, on the canonical axial grid (slice, row, col).
+
+    The stage between the network and every decision: lesion probabilities are kept (as
+    uint8, probability x 255, on the full canonical grid) rather than thresholded masks, so the
+    lung-aware post-processing, the verdict and the evaluation commands all start from the same
+    numbers ``analyze`` starts from.
+    """
+
+    view: AxialView
+    geometry: object  # representation.SliceGeometry
+    region: object  # representation.LungRegion
+    slices: np.ndarray  # canonical slice indices the network saw (sorted)
+    seg_prob: Dict[str, np.ndarray]  # lesion type -> uint8 (K, H, W) canonical; {} if seg off
+    boxes: List[SliceBox]  # detection-head boxes (canonical slice, input pixels)
+    slice_probs: Optional[np.ndarray]  # (len(slices), n_classes) softmax, in ``slices`` order
+    reconstruction_hu: Optional[np.ndarray]  # int16, input array order; None if recon off
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshold: float,
+                batch_size: Optional[int], prog: "_Progress", channels_last: bool = True,
+                tune_threads: bool = True, fraction=(0.1, 0.8)) -> NetworkOutputs:
+    """Batched slice inference over the lung-bearing slices of ``volume`` (steps 2-5)."""
     import torch
 
     from .model import detections_from_outputs
     from .representation import geometry_for_volume, hu_slices_to_model
 
-    t_start = time.perf_counter()
     timings: Dict[str, float] = {}
-    prog = _Progress(progress, cancel)
 
     def lap(name: str, t0: float) -> float:
         now = time.perf_counter()
         timings[name] = timings.get(name, 0.0) + (now - t0)
         return now
 
-    # 1. validate ------------------------------------------------------------------------
-    prog(0.0, "Validating input")
+    config, rep = loaded.config, loaded.representation
     t = time.perf_counter()
-    validate_ct(volume)
-    dev = resolve_device(device)
-    t = lap("validate", t)
-
-    prog(0.02, "Loading model")
-    loaded = resolve_model(model, dev)
-    config = loaded.config
-    rep = loaded.representation
-    try:
-        run_tasks = loaded.model.resolve_tasks(tasks)
-    except ValueError as exc:
-        raise errors.TaskNotAvailableError(str(exc)) from exc
-    net = inference_network(loaded, dev, channels_last)
-    t = lap("load_model", t)
-
-    # 2./3. axial view and lung region --------------------------------------------------
-    prog(0.05, "Finding the lungs")
     view = axial_view(volume.ijk_to_ras, volume.array.shape)
     canon = view.to_canonical(volume.array)
     s_mm, r_mm, c_mm = view.spacing
     geometry, region = geometry_for_volume(canon, (c_mm, r_mm, s_mm), rep)
     slices = np.asarray(region.slices, dtype=np.int64)
-    n_slices = canon.shape[0]
     t = lap("lung_region", t)
 
-    # outputs, allocated in input order and written through their axial views
-    shape = volume.array.shape
     lesion_types = tuple(config.lesion_types)
-    masks: Dict[str, np.ndarray] = {}
-    mask_views = []
+    seg_prob: Dict[str, np.ndarray] = {}
     if "segmentation" in run_tasks:
-        for name in lesion_types:
-            masks[name] = np.zeros(shape, dtype=np.uint8)
-            mask_views.append(view.to_canonical(masks[name]))
+        seg_prob = {name: np.zeros(canon.shape, dtype=np.uint8) for name in lesion_types}
     recon: Optional[np.ndarray] = None
     recon_view = None
     if "reconstruction" in run_tasks:
-        recon = np.full(shape, AIR_HU, dtype=np.int16)
+        recon = np.full(volume.array.shape, AIR_HU, dtype=np.int16)
         recon_view = view.to_canonical(recon)
     slice_probs: List[np.ndarray] = []
     boxes: List[SliceBox] = []
     in_h, in_w = canon.shape[1], canon.shape[2]
     lo_hu, hi_hu = float(rep.hu_window[0]), float(rep.hu_window[1])
 
-    # 4./5. batched inference --------------------------------------------------------------
     bs = int(batch_size or default_batch_size(dev))
     n_batches = max(1, int(math.ceil(len(slices) / float(bs))))
     timings.update(preprocess=0.0, forward=0.0, map_back=0.0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     tuner = _ThreadTuner(tune_threads and dev == "cpu")
+    f0, span = fraction
     with torch.inference_mode():
         for bi in range(n_batches):
-            prog(0.1 + 0.8 * bi / n_batches,
+            prog(f0 + span * bi / n_batches,
                  "Analysing slices %d/%d" % (min(bi * bs, len(slices)), len(slices)))
             t = time.perf_counter()
             idx = slices[bi * bs:(bi + 1) * bs]
@@ -415,17 +698,16 @@ def _analyze(volume, model, device, tasks, score_threshold, batch_size, progress
             with _autocast(dev):
                 out = net(x, run_tasks)
             out = {k: v.float().to("cpu") for k, v in out.items()}
-            t_forward = time.perf_counter() - t
-            tuner.after_batch(bi, t_forward / len(idx))
+            tuner.after_batch(bi, (time.perf_counter() - t) / len(idx))
             t = lap("forward", t)
             if "class_logits" in out:
                 slice_probs.append(torch.softmax(out["class_logits"], dim=1).numpy())
-            seg_prob = torch.sigmoid(out["seg_logits"]) if "seg_logits" in out else None
-            if seg_prob is not None:
-                prob = geometry.to_input(seg_prob, fill=0.0)
-                on = (prob > seg_threshold).numpy()
-                for ti, mv in enumerate(mask_views):
-                    mv[idx] = on[:, ti]
+            seg = torch.sigmoid(out["seg_logits"]) if "seg_logits" in out else None
+            if seg is not None:
+                prob = geometry.to_input(seg, fill=0.0)
+                q = torch.round(prob.clamp_(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
+                for ti, name in enumerate(lesion_types):
+                    seg_prob[name][idx] = q[:, ti]
             if "recon" in out:
                 # the model reproduces the clipped unit image: outside [0, 1] means nothing
                 hu = out["recon"].clamp_(0.0, 1.0) * (hi_hu - lo_hu) + lo_hu
@@ -433,8 +715,8 @@ def _analyze(volume, model, device, tasks, score_threshold, batch_size, progress
                 recon_view[idx] = torch.round(hu[:, 0]).clamp_(-32768, 32767).numpy().astype(
                     np.int16)
             if "det_heatmap" in out:
-                dets = detections_from_outputs(out, config.det_stride, lesion_types, score_threshold,
-                                               seg_prob)
+                dets = detections_from_outputs(out, config.det_stride, lesion_types,
+                                               box_threshold, seg)
                 for s_idx, per_slice in zip(idx.tolist(), dets):
                     for d in per_slice:
                         cx0, ry0 = geometry.model_to_input_xy(d.x0, d.y0)
@@ -446,45 +728,8 @@ def _analyze(volume, model, device, tasks, score_threshold, batch_size, progress
                                                   r0, c0, r1, c1))
             del out
             lap("map_back", t)
+    probs_arr = np.concatenate(slice_probs, axis=0).astype(np.float32) if slice_probs else None
+    return NetworkOutputs(view, geometry, region, slices, seg_prob, boxes, probs_arr, recon,
+                          timings)
 
-    # 6. post-processing ---------------------------------------------------------------------
-    prog(0.9, "Post-processing")
-    t = time.perf_counter()
-    if mask_views and slices.size:
-        voxel_mm3 = float(s_mm * r_mm * c_mm)
-        min_voxels = int(math.ceil(min_island_mm3 / voxel_mm3))
-        k0, k1 = int(slices.min()), int(slices.max()) + 1
-        r0b, c0b = max(0, geometry.row0), max(0, geometry.col0)
-        r1b = min(in_h, geometry.row0 + geometry.side)
-        c1b = min(in_w, geometry.col0 + geometry.side)
-        for mv in mask_views:
-            prog.check()
-            sub = mv[k0:k1, r0b:r1b, c0b:c1b]
-            if sub.any():
-                remove_small_islands(sub, min_voxels)
-    findings = []
-    if "detection" in run_tasks:
-        findings = findings_from_slice_boxes(boxes, view, volume, min_finding_extent_mm)
-    class_probs: Dict[str, float] = {}
-    predicted = ""
-    probs_arr: Optional[np.ndarray] = None
-    # analysed slices as indices along the input array's slice axis (view.perm[0])
-    analysed = np.asarray((n_slices - 1 - slices) if view.flips[0] else slices, dtype=np.int64)
-    order = np.argsort(analysed, kind="stable")
-    if slice_probs:
-        probs_arr = np.concatenate(slice_probs, axis=0).astype(np.float32)
-        class_probs = aggregate_slice_probabilities(probs_arr, slice_mm=s_mm,
-                                                    class_names=config.class_names)
-        predicted = max(class_probs, key=lambda k: class_probs[k])
-        probs_arr = probs_arr[order]
-    lap("postprocess", t)
-    timings["total"] = time.perf_counter() - t_start
-    prog.check()
 
-    result = AnalysisResult(
-        volume=volume, class_probabilities=class_probs, predicted_class=predicted,
-        slice_probabilities=probs_arr, analysed_slices=analysed[order],
-        lesion_masks=masks, reconstruction_hu=recon, findings=findings,
-        model=loaded.identity, timings_s=timings, device=dev, slice_axis=int(view.perm[0]))
-    prog(1.0, "Done")
-    return result

@@ -47,3 +47,20 @@ def cache_dir() -> Path:
     env = os.environ.get("CHESTCTMTL_CACHE")
     path = Path(env) if env else Path.home() / ".cache" / "chestctmtl"
     return path.expanduser()
+
+
+def atomic_write_text(path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling renamed over it (never half-written)."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding=encoding) as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -3,7 +3,9 @@
 Why a picture: most people open a case folder to see *whether the result looks plausible*,
 and a PNG shows that at a glance anywhere (file browser, mail, a CI artefact) without Slicer.
 It is a thumbnail of the result, not a viewer: a few informative axial slices, the lesion
-overlay, the detection boxes and the reconstruction next to the CT.
+overlay, the detection boxes, thin lung outlines and the reconstruction next to the CT.
+:func:`write_lung_preview` draws a second, standalone picture of the lung segmentation alone
+(a coronal slice and one axial slice per lung zone), for checking the lungs of many CTs fast.
 
 Orientation: slices are taken through :func:`orientation.axial_view`, the same permutation and
 flips the model itself sees, so they are shown in the radiological convention whatever the
@@ -22,8 +24,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .lungs import LUNG_NAMES
 from .orientation import AxialView, axial_view
 from .results import CLASS_NAMES, AnalysisResult, Finding
+from .volume import CTVolume
 
 PREVIEW_FILE = "preview.png"
 NOTE = "Research use, not a diagnosis."
@@ -38,11 +42,15 @@ DEFAULT_COLORS: Dict[str, Tuple[float, float, float]] = {
     "consolidation": (213 / 255.0, 94 / 255.0, 0.0),
     "nodule-mass": (204 / 255.0, 51 / 255.0, 153 / 255.0),
     "mass": (170 / 255.0, 34 / 255.0, 120 / 255.0),
+    # Slicer's General Anatomy colour for both lungs (see the terminology file)
+    "right lung": (197 / 255.0, 165 / 255.0, 145 / 255.0),
+    "left lung": (197 / 255.0, 165 / 255.0, 145 / 255.0),
 }
 #: Colours for lesion types nobody coloured: saturated, so they never vanish into grey CT.
 _SPARE_COLORS = ((0.0, 158 / 255.0, 115 / 255.0), (86 / 255.0, 180 / 255.0, 233 / 255.0),
                  (0.0, 114 / 255.0, 178 / 255.0))
 OVERLAY_ALPHA = 0.4
+LUNG_LINE_WIDTH = 0.9  # points: thin, so lesion outlines at the pleura stay readable
 DEFAULT_DPI = 110
 DEFAULT_MAX_SLICES = 3
 #: Boxes beyond this many per slice are drawn without a label (an untrained or noisy model
@@ -249,19 +257,29 @@ def _show_slice(axes, image: np.ndarray, aspect: float, crop) -> None:
         spine.set_visible(False)
 
 
-def _orientation_letters(axes) -> None:
+def _orientation_letters(axes, top: str = "A", bottom: str = "P") -> None:
     style = dict(transform=axes.transAxes, color="white", fontsize=7, fontweight="bold",
                  alpha=0.8)
     axes.text(0.015, 0.5, "R", ha="left", va="center", **style)
     axes.text(0.985, 0.5, "L", ha="right", va="center", **style)
-    axes.text(0.5, 0.985, "A", ha="center", va="top", **style)
-    axes.text(0.5, 0.015, "P", ha="center", va="bottom", **style)
+    axes.text(0.5, 0.985, top, ha="center", va="top", **style)
+    axes.text(0.5, 0.015, bottom, ha="center", va="bottom", **style)
 
 
-def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
-                   colors: Optional[Dict[str, Sequence[float]]] = None,
-                   title: Optional[str] = None, dpi: int = DEFAULT_DPI) -> Preview:
-    """Draw the preview of ``result`` on a new Agg figure (not saved)."""
+def _draw_lung_outlines(axes, labels_2d: np.ndarray, palette, crop) -> None:
+    """A thin contour around each lung's voxels (at voxel borders), then the crop restored
+    (``contour`` autoscales the axes)."""
+    for value, name in sorted(LUNG_NAMES.items()):
+        on = labels_2d == value
+        if on.any():
+            axes.contour(on.astype(np.float32), levels=[0.5], colors=[palette[name]],
+                         linewidths=LUNG_LINE_WIDTH)
+    r0, r1, c0, c1 = crop
+    axes.set_xlim(c0 - 0.5, c1 - 0.5)
+    axes.set_ylim(r1 - 0.5, r0 - 0.5)
+
+
+def _matplotlib():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -270,6 +288,14 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
     except ImportError as exc:
         raise PreviewUnavailableError("matplotlib is needed for preview.png: {}".format(exc)) \
             from exc
+    return FigureCanvasAgg, Figure, Line2D, Patch, Rectangle
+
+
+def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
+                   colors: Optional[Dict[str, Sequence[float]]] = None,
+                   title: Optional[str] = None, dpi: int = DEFAULT_DPI) -> Preview:
+    """Draw the preview of ``result`` on a new Agg figure (not saved)."""
+    FigureCanvasAgg, Figure, Line2D, Patch, Rectangle = _matplotlib()
 
     volume = result.volume
     view = axial_view(volume.ijk_to_ras, volume.array.shape)
@@ -281,7 +307,9 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
     for finding in result.findings:
         if finding.type not in lesion_types:
             lesion_types.append(finding.type)
-    palette = _colors_for(lesion_types, colors)
+    lungs = (view.to_canonical(np.asarray(result.lung_labels))
+             if result.lung_labels is not None else None)
+    palette = _colors_for(lesion_types + [LUNG_NAMES[v] for v in sorted(LUNG_NAMES)], colors)
     masks = {name: view.to_canonical(np.asarray(m)) for name, m in result.lesion_masks.items()}
     finding_boxes = [(f, finding_canonical_box(view, f)) for f in result.findings]
 
@@ -327,6 +355,8 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
                 overlay[on] = palette[name] + (OVERLAY_ALPHA,)
         if overlay[..., 3].any():
             ct_axes.imshow(overlay, interpolation="nearest", aspect=aspect, origin="upper")
+        if lungs is not None:  # under the lesion outlines, which matter more at the pleura
+            _draw_lung_outlines(ct_axes, lungs[s], palette, crop)
         for name, mask in masks.items():
             if (mask[s] > 0).any():
                 ct_axes.contour((mask[s] > 0).astype(np.float32), levels=[0.5],
@@ -368,6 +398,8 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
 
     handles = [Patch(facecolor=palette[name] + (OVERLAY_ALPHA,), edgecolor=palette[name],
                      label=name) for name in lesion_types]
+    if lungs is not None:
+        handles += _lung_handles(Line2D, palette)
     if result.findings:
         handles.append(Line2D([], [], color="0.3", linewidth=1.6, label="detection box (id type score)"))
     if handles:
@@ -384,6 +416,28 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
     return Preview(figure, panels, view)
 
 
+def _lung_handles(Line2D, palette) -> list:
+    """Legend entries for the lung outlines (one when both lungs share a colour)."""
+    names = [LUNG_NAMES[v] for v in sorted(LUNG_NAMES)]
+    if len({palette[n] for n in names}) == 1:
+        return [Line2D([], [], color=palette[names[0]], linewidth=LUNG_LINE_WIDTH * 1.5,
+                       label="lung outline")]
+    return [Line2D([], [], color=palette[n], linewidth=LUNG_LINE_WIDTH * 1.5, label=n)
+            for n in names]
+
+
+def _save_png(figure, path: Path, dpi: int) -> None:
+    """Save under a temporary name and rename, so a reader never sees half a file."""
+    temporary = str(path.with_name(".{}.partial-{}".format(path.name, os.getpid())))
+    try:
+        figure.savefig(temporary, format="png", dpi=dpi, facecolor="white")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
 def write_preview(result: AnalysisResult, path: Union[str, Path],
                   max_slices: int = DEFAULT_MAX_SLICES,
                   colors: Optional[Dict[str, Sequence[float]]] = None,
@@ -392,13 +446,160 @@ def write_preview(result: AnalysisResult, path: Union[str, Path],
     renamed, so a reader never sees half a file)."""
     path = Path(path)
     preview = preview_figure(result, max_slices=max_slices, colors=colors, title=title, dpi=dpi)
-    temporary = str(path.with_name(".{}.partial-{}".format(path.name, os.getpid())))
-    try:
-        preview.figure.savefig(temporary, format="png", dpi=dpi, facecolor="white")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    _save_png(preview.figure, path, dpi)
     preview.path = path
     return preview
+
+
+# --------------------------------------------------------------------------- lung picture
+LUNG_PREVIEW_FILE = "lungs.png"
+#: Axial slices of the lung picture: the centre of each third of the lungs' cranio-caudal
+#: extent (the zones findings are assigned to), top to bottom.
+LUNG_ZONES = (("upper", 5.0 / 6.0), ("middle", 0.5), ("lower", 1.0 / 6.0))
+
+
+@dataclass
+class LungPanel:
+    """One panel of the lung picture: ``kind`` "coronal" (``index`` = canonical row) or an
+    axial zone name (``index`` = canonical slice)."""
+
+    kind: str
+    index: int
+    axes: object
+
+
+@dataclass
+class LungPreview:
+    figure: object
+    panels: List[LungPanel]
+    view: AxialView
+    volumes_ml: Dict[str, float]
+    path: Optional[Path] = None
+
+    def data_to_pixel(self, axes, row: float, col: float) -> Tuple[float, float]:
+        """(row, col) in a panel's image -> (pixel row, pixel col) in the saved PNG; for the
+        coronal panel rows count canonical slices from the top (superior) down."""
+        x, y = axes.transData.transform((col, row))
+        height = self.figure.get_size_inches()[1] * self.figure.dpi
+        return float(height - y), float(x)
+
+
+def _lung_inputs(source, labels) -> Tuple[CTVolume, np.ndarray]:
+    if isinstance(source, AnalysisResult):
+        volume = source.volume
+        labels = source.lung_labels if labels is None else labels
+    elif isinstance(source, CTVolume):
+        volume = source
+    else:
+        raise TypeError("lung_preview needs an AnalysisResult or a CTVolume, not {}".format(
+            type(source).__name__))
+    if labels is None:
+        raise ValueError("no lung labels: the result has none (lung stage not run) and none "
+                         "were given")
+    labels = np.asarray(labels)
+    if labels.shape != volume.array.shape[:3]:
+        raise ValueError("lung labels have shape {}, the volume {}".format(
+            labels.shape, volume.array.shape))
+    return volume, labels
+
+
+def lung_preview_figure(source, labels: Optional[np.ndarray] = None,
+                        colors: Optional[Dict[str, Sequence[float]]] = None,
+                        title: Optional[str] = None, dpi: int = DEFAULT_DPI) -> LungPreview:
+    """The lung segmentation of one CT on a new Agg figure (not saved): a coronal slice
+    through the most lung, and an axial slice at the centre of the upper, middle and lower
+    third of the lungs, each with the right and left lung outlined.
+
+    ``source`` is an :class:`AnalysisResult` (its ``lung_labels`` unless ``labels`` is
+    given) or a :class:`CTVolume` with ``labels`` (0, 1 right, 2 left; the volume's grid).
+    """
+    FigureCanvasAgg, Figure, Line2D, _, _ = _matplotlib()
+    volume, labels = _lung_inputs(source, labels)
+    view = axial_view(volume.ijk_to_ras, volume.array.shape)
+    ct = view.to_canonical(volume.array)
+    lungs = view.to_canonical(labels)
+    palette = _colors_for([LUNG_NAMES[v] for v in sorted(LUNG_NAMES)], colors)
+    n_slices, n_rows, _ = view.canonical_shape
+    s_mm, r_mm, c_mm = view.spacing
+    voxel_ml = float(abs(np.linalg.det(np.asarray(volume.ijk_to_ras)[:3, :3]))) / 1000.0
+    volumes_ml = {name: float(np.count_nonzero(labels == value)) * voxel_ml
+                  for value, name in sorted(LUNG_NAMES.items())}
+
+    inside = lungs > 0
+    per_slice = inside.reshape(n_slices, -1).sum(axis=1)
+    occupied = np.flatnonzero(per_slice)
+    if occupied.size:
+        lo, hi = int(occupied[0]), int(occupied[-1])
+        row = int(np.argmax(inside.sum(axis=(0, 2))))
+    else:
+        lo, hi, row = 0, n_slices - 1, n_rows // 2
+    axial = [(zone, int(round(lo + fraction * (hi - lo)))) for zone, fraction in LUNG_ZONES]
+
+    coronal_ct = ct[::-1, row, :]  # superior at the top
+    coronal_lungs = lungs[::-1, row, :]
+    coronal_crop = _body_crop([coronal_ct], [])
+    axial_crop = _body_crop([ct[s] for _, s in axial], [])
+    axial_aspect = float(r_mm / c_mm)
+    coronal_aspect = float(s_mm / c_mm)
+
+    # layout in inches: the coronal panel on top (centred), the three axial panels below it
+    panel_w, side, gap, header, row_title, footer = 2.6, 0.15, 0.12, 0.62, 0.26, 0.5
+    axial_h = panel_w * (axial_crop[1] - axial_crop[0]) * r_mm / max(
+        (axial_crop[3] - axial_crop[2]) * c_mm, 1e-6)
+    axial_h = min(max(axial_h, 1.0), 1.4 * panel_w)
+    row_w = 3 * panel_w + 2 * gap
+    coronal_ratio = (coronal_crop[1] - coronal_crop[0]) * s_mm / max(
+        (coronal_crop[3] - coronal_crop[2]) * c_mm, 1e-6)  # height / width
+    coronal_w = row_w
+    coronal_h = min(max(coronal_w * coronal_ratio, 1.2), 5.5)
+    coronal_w = min(row_w, coronal_h / max(coronal_ratio, 1e-6))
+    fig_w = 2 * side + row_w
+    fig_h = header + row_title + coronal_h + row_title + axial_h + footer
+    figure = Figure(figsize=(fig_w, fig_h), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(figure)
+    figure.text(0.5, 1 - 0.2 / fig_h, title or volume.name, ha="center", va="top", fontsize=10,
+                color="0.25")
+    summary = "   ".join("{} {:.0f} ml".format(name, volumes_ml[name]) for name in volumes_ml)
+    figure.text(0.5, 1 - 0.42 / fig_h, summary if occupied.size else "no lung found",
+                ha="center", va="top", fontsize=9, fontweight="bold")
+
+    panels: List[LungPanel] = []
+    top = header + row_title
+    left = side + (row_w - coronal_w) / 2.0
+    axes = figure.add_axes([left / fig_w, 1 - (top + coronal_h) / fig_h, coronal_w / fig_w,
+                            coronal_h / fig_h])
+    _show_slice(axes, coronal_ct, coronal_aspect, coronal_crop)
+    _draw_lung_outlines(axes, coronal_lungs, palette, coronal_crop)
+    for _, s in axial:  # where the axial slices are, as ticks on the coronal's left edge
+        axes.axhline(n_slices - 1 - s, xmin=0.0, xmax=0.03, color="white", linewidth=1.2)
+    _orientation_letters(axes, "S", "I")
+    figure.text(left / fig_w, 1 - (top - 0.04) / fig_h, "Coronal (row {})".format(row),
+                ha="left", va="bottom", fontsize=7.5)
+    panels.append(LungPanel("coronal", row, axes))
+    top += coronal_h + row_title
+    for number, (zone, s) in enumerate(axial):
+        x = (side + number * (panel_w + gap)) / fig_w
+        axes = figure.add_axes([x, 1 - (top + axial_h) / fig_h, panel_w / fig_w, axial_h / fig_h])
+        _show_slice(axes, ct[s], axial_aspect, axial_crop)
+        _draw_lung_outlines(axes, lungs[s], palette, axial_crop)
+        _orientation_letters(axes)
+        figure.text(x, 1 - (top - 0.04) / fig_h, "{} third (slice {})".format(
+            zone.capitalize(), _input_index(view, s)), ha="left", va="bottom", fontsize=7.5)
+        panels.append(LungPanel(zone, s, axes))
+    figure.legend(handles=_lung_handles(Line2D, palette), loc="lower center", fontsize=7.5,
+                  frameon=False, ncol=2, bbox_to_anchor=(0.5, 0.24 / fig_h))
+    figure.text(0.5, 0.06 / fig_h, NOTE, ha="center", va="bottom", fontsize=8,
+                color="firebrick", fontweight="bold")
+    return LungPreview(figure, panels, view, volumes_ml)
+
+
+def write_lung_preview(source, path: Union[str, Path], labels: Optional[np.ndarray] = None,
+                       colors: Optional[Dict[str, Sequence[float]]] = None,
+                       title: Optional[str] = None, dpi: int = DEFAULT_DPI) -> LungPreview:
+    """Draw (see :func:`lung_preview_figure`) and save the lung picture at ``path``
+    atomically, like :func:`write_preview`."""
+    path = Path(path)
+    shown = lung_preview_figure(source, labels=labels, colors=colors, title=title, dpi=dpi)
+    _save_png(shown.figure, path, dpi)
+    shown.path = path
+    return shown

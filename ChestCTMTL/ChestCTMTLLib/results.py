@@ -18,12 +18,18 @@ LESION_TYPES = ("covid-infection", "nodule-mass")
 FINDINGS_TSV_COLUMNS = (
     "id", "type", "score", "center_r", "center_a", "center_s",
     "size_r", "size_a", "size_s", "volume_mm3",
+    "lung", "zone", "diameter_mm",
 )
 
 
 @dataclass
 class Finding:
-    """One detected lesion (from the detection head), merged across adjacent slices."""
+    """One lesion: a 3D object inside a lung (a nodule/mass), or one lung zone's infection.
+
+    ``center_ras`` always lies on the lesion's own voxels inside the lung mask; ``size_ras``
+    is the extent of those voxels; ``features`` holds the numbers the false-positive stage
+    and the verdict looked at (report.json only).
+    """
 
     id: str
     type: str
@@ -33,6 +39,10 @@ class Finding:
     ijk_min: List[int]  # inclusive (i, j, k)
     ijk_max: List[int]  # inclusive (i, j, k)
     volume_mm3: float
+    lung: str = ""  # "right" | "left" | "" (no lung mask)
+    zone: str = ""  # "upper" | "middle" | "lower" third of that lung
+    diameter_mm: float = 0.0  # longest in-plane axis (nodules); equivalent sphere (zones)
+    features: Dict[str, float] = field(default_factory=dict)
 
     def row(self) -> dict:
         """One findings.tsv / report.json row, in FINDINGS_TSV_COLUMNS order."""
@@ -44,6 +54,8 @@ class Finding:
             "size_r": round(float(s[0]), 2), "size_a": round(float(s[1]), 2),
             "size_s": round(float(s[2]), 2),
             "volume_mm3": round(float(self.volume_mm3), 1),
+            "lung": self.lung, "zone": self.zone,
+            "diameter_mm": round(float(self.diameter_mm), 1),
         }
 
     def to_dict(self) -> dict:
@@ -76,6 +88,9 @@ class AnalysisResult:
     timings_s: Dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     slice_axis: int = 0  # numpy axis of volume.array that analysed_slices index (axial-most)
+    lung_labels: Optional[np.ndarray] = None  # uint8 (k, j, i): 0, 1 right lung, 2 left lung
+    lungs: dict = field(default_factory=dict)  # report.json "lungs" (volumes, method)
+    verdict: dict = field(default_factory=dict)  # report.json "verdict" (evidence, calibration)
 
     def report_dict(self, input_path: Optional[str] = None) -> dict:
         """The report.json structure (see README)."""
@@ -90,4 +105,8 @@ class AnalysisResult:
             "timings_s": {k: round(float(v), 4) for k, v in self.timings_s.items()},
             "input": {"path": input_path or self.volume.source_path, **geometry},
             "device": self.device,
+            "lungs": self.lungs or None,
+            "verdict": self.verdict or None,
+            "finding_features": {f.id: {k: round(float(v), 4) for k, v in f.features.items()}
+                                 for f in self.findings},
         }

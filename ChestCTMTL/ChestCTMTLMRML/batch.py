@@ -1,8 +1,9 @@
 """Analyse many inputs into case folders: the one path behind ``chestctmtl analyze`` and
 ``Scripts/batch_analyze.py`` (inside Slicer and out).
 
-The model is loaded once; each input is read, analysed and written on its own, so a bad input
-costs only its own case (reported, no folder) and the rest of the batch goes on.
+Options are resolved and the model is loaded once (one :class:`~ChestCTMTLLib.inference.Analyzer`
+for the whole batch); each input is read, analysed and written on its own, so a bad input costs
+only its own case (reported, no folder) and the rest of the batch goes on.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from ChestCTMTLLib.errors import ChestCTMTLError
+from ChestCTMTLLib.options import AnalysisOptions
 
 from . import files
 
@@ -36,14 +38,6 @@ class CaseOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def load_model(model=None, device: str = "auto"):
-    """(loaded model, resolved device); raises ModelError / DeviceUnavailableError clearly."""
-    from ChestCTMTLLib import inference
-
-    resolved = inference.resolve_device(device)
-    return inference.resolve_model(model, device=resolved), resolved
 
 
 class _Bar:
@@ -79,20 +73,17 @@ class _Bar:
             self._bar.close()
 
 
-def analyze_one(input_path, output_dir, loaded_model, device: str, mrb: bool = False,
-                scene=None, progress: Optional[Callable[[float, str], None]] = None,
-                preview: bool = True, score_threshold: Optional[float] = None):
-    """Read, analyse and write one input; returns (case folder, AnalysisResult). Raises on
-    failure, and then nothing is written."""
-    from ChestCTMTLLib.inference import analyze
+def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
+                progress: Optional[Callable[[float, str], None]] = None, preview: bool = True):
+    """Read, analyse (with ``analyzer``, an :class:`~ChestCTMTLLib.inference.Analyzer`) and
+    write one input; returns (case folder, AnalysisResult). Raises on failure, and then
+    nothing is written."""
     from ChestCTMTLLib.volume_io import case_name, read_ct
 
     report = progress or (lambda fraction, stage: None)
     report(0.0, "reading")
     volume = read_ct(input_path)
-    options = {} if score_threshold is None else {"score_threshold": float(score_threshold)}
-    result = analyze(volume, model=loaded_model, device=device,
-                     progress=lambda f, stage: report(0.05 + 0.85 * f, stage), **options)
+    result = analyzer.apply(volume, progress=lambda f, stage: report(0.05 + 0.85 * f, stage))
     report(0.92, "writing")
     case_dir = files.case_dir_for(output_dir, case_name(input_path))
     files.write_case(scene, volume, result, case_dir, mrb=mrb, input_path=str(input_path),
@@ -101,22 +92,39 @@ def analyze_one(input_path, output_dir, loaded_model, device: str, mrb: bool = F
     return case_dir, result
 
 
-def analyze_inputs(inputs: Sequence, output_dir, model=None, device: str = "auto",
-                   mrb: bool = False, scene=None, progress_bar: bool = True,
-                   stream=None, preview: bool = True,
-                   score_threshold: Optional[float] = None) -> List[CaseOutcome]:
+def analyze_inputs(inputs: Sequence, output_dir, model=None,
+                   options: Optional[AnalysisOptions] = None, mrb: bool = False, scene=None,
+                   progress_bar: bool = True, stream=None, preview: bool = True,
+                   analyzer=None, **option_values) -> List[CaseOutcome]:
     """Analyse every input into ``output_dir/<case>/``; one CaseOutcome per input, in order.
 
-    ``preview`` adds each case's preview.png. The model/device must load (ModelError / DeviceUnavailableError propagate: nothing can be
-    done without them); failures of single inputs are recorded and the batch continues.
+    The options are resolved once, here: ``options`` (an :class:`AnalysisOptions`) with any
+    ``option_values`` (its fields: ``device``, ``score_threshold``, ...) applied on top, then
+    ONE :class:`~ChestCTMTLLib.inference.Analyzer` (device, model and calibration resolved
+    once) analyses every input. Pass ``analyzer`` to reuse one that exists (then ``model``,
+    ``options`` and ``option_values`` must not be given). ``preview`` adds each case's
+    preview.png.
+
+    What must hold before any input is touched raises (nothing can be done without it, and
+    nothing is written): :class:`OptionError`, ModelError, DeviceUnavailableError,
+    TaskNotAvailableError, NotADirectoryError for an output that is a file. Failures of single
+    inputs are recorded and the batch continues.
     """
+    from ChestCTMTLLib.inference import Analyzer
+
     stream = stream or sys.stderr
-    if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
-        raise ValueError("score threshold must lie in [0, 1], got {}".format(score_threshold))
+    if analyzer is not None:
+        if model is not None or options is not None or option_values:
+            raise TypeError("pass either an analyzer or model/options, not both")
+    else:
+        opts = options or AnalysisOptions()
+        if option_values:
+            opts = opts.replace(**option_values)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError("output is not a folder: {}".format(output_dir))
-    loaded, resolved = load_model(model, device)
+    if analyzer is None:
+        analyzer = Analyzer(model, opts)
     output_dir.mkdir(parents=True, exist_ok=True)
     outcomes: List[CaseOutcome] = []
     bar = _Bar(len(inputs), progress_bar, stream)
@@ -125,9 +133,8 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None, device: str = "auto
             outcome = CaseOutcome(input=str(input_path))
             started = time.perf_counter()
             try:
-                case_dir, result = analyze_one(input_path, output_dir, loaded, resolved, mrb,
-                                               scene, bar.progress, preview=preview,
-                                               score_threshold=score_threshold)
+                case_dir, result = analyze_one(input_path, output_dir, analyzer, mrb, scene,
+                                               bar.progress, preview=preview)
                 outcome.case_dir = case_dir
                 outcome.predicted_class = result.predicted_class
                 outcome.n_findings = len(result.findings)

@@ -1,29 +1,44 @@
-"""``chestctmtl analyze INPUT [INPUT ...] --output OUTDIR [--model DIR] [--device ...] [--mrb]
-[--no-preview]``.
+"""``chestctmtl analyze INPUT [INPUT ...] --output OUTDIR [--model DIR] [--device ...]
+[--score-threshold S] [--mrb] [--no-preview]``.
 
 Runs outside Slicer on a headless slicer-core scene, through the same functions as the Slicer
-module and the batch script. Exit codes: 0 all inputs analysed; 1 at least one input failed
-(the others are written); 2 nothing could start (no model, no such device, bad arguments).
+module and the batch script. The command line becomes one
+:class:`~ChestCTMTLLib.options.AnalysisOptions` (:func:`options_from_args`), so defaults,
+ranges and their messages are those of :mod:`ChestCTMTLLib.options`, and one
+:class:`~ChestCTMTLLib.inference.Analyzer` analyses every input. Exit codes: 0 all inputs
+analysed; 1 at least one input failed (the others are written); 2 nothing could start (no
+model, no such device, bad arguments).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
+
+from ChestCTMTLLib.options import DEVICES, RANGES, AnalysisOptions, OptionError
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_CANNOT_START = 2
 
 
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: {!r}".format(text))
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must lie in [0, 1], got {}".format(value))
-    return value
+def _option_type(name: str, parse: Callable) -> Callable:
+    """An argparse ``type`` that parses a text and lets AnalysisOptions judge the value, so
+    the command line refuses exactly what the options refuse, with the same message."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("{} must be a number, got {!r}".format(name, text)) \
+                from None
+        try:
+            return getattr(AnalysisOptions(**{name: value}), name)  # as the options store it
+        except OptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name  # argparse names the type in its "invalid ... value" message
+    return convert
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = False) -> None:
@@ -38,16 +53,27 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = Fa
                         help="folder for the case folders (may already hold other cases)")
     parser.add_argument("--model", metavar="MODEL_DIR", default=None,
                         help="model folder (default: the bundled model)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run the model (default: auto = GPU if present)")
+    parser.add_argument("--device", type=_option_type("device", str),
+                        default=AnalysisOptions().device, metavar="|".join(DEVICES),
+                        help="where to run the model: {} (or cuda:N; default: {} = GPU if "
+                             "present)".format(", ".join(DEVICES), AnalysisOptions().device))
     parser.add_argument("--mrb", action="store_true",
                         help="also write <case>.mrb, a Slicer scene ready for review")
-    parser.add_argument("--score-threshold", type=_unit_interval, default=None, metavar="S",
-                        help="keep detected lesions scoring at least S (0-1; default: the "
-                             "inference default, sensitivity-first for review)")
+    low, high = RANGES["score_threshold"]
+    parser.add_argument("--score-threshold", type=_option_type("score_threshold", float),
+                        default=None, metavar="S",
+                        help="list detected lesions scoring at least S ({:g}-{:g}; default: the "
+                             "model's calibrated operating point). The verdict always uses "
+                             "the calibrated point".format(low, high))
     parser.add_argument("--no-preview", action="store_true",
                         help="do not write preview.png (a picture of the result) per case")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def options_from_args(args) -> AnalysisOptions:
+    """The one AnalysisOptions a parsed command line stands for (raises OptionError)."""
+    return AnalysisOptions(device=getattr(args, "device", None) or AnalysisOptions().device,
+                           score_threshold=getattr(args, "score_threshold", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,11 +98,11 @@ def run_analyze(args, scene=None, out=None, err=None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     try:
+        options = options_from_args(args)
         outcomes = batch.analyze_inputs(args.inputs, args.output, model=args.model,
-                                        device=args.device, mrb=args.mrb, scene=scene,
+                                        options=options, mrb=args.mrb, scene=scene,
                                         progress_bar=not args.no_progress, stream=err,
-                                        preview=not getattr(args, "no_preview", False),
-                                        score_threshold=getattr(args, "score_threshold", None))
+                                        preview=not getattr(args, "no_preview", False))
     except ChestCTMTLError as exc:
         print("chestctmtl: cannot start ({}): {}".format(exc.cause, exc), file=err)
         return EXIT_CANNOT_START

@@ -1,6 +1,7 @@
 """One analysed case -> a folder of files Slicer opens natively, written all-or-nothing.
 
-``OUTDIR/<case>/`` holds ``lesions.seg.nrrd``, ``reconstruction.nrrd``, ``findings.mrk.json``,
+``OUTDIR/<case>/`` holds ``lesions.seg.nrrd``, ``lungs.seg.nrrd`` (when the core segmented the
+lungs), ``reconstruction.nrrd``, ``findings.mrk.json``,
 ``findings.tsv`` (+ ``findings.schema.tsv``, the column types Slicer's table reader uses),
 ``report.json``, ``preview.png`` (a picture of the result for people, see
 ChestCTMTLLib.preview; skipped with a warning where matplotlib is missing, e.g. in a bare
@@ -22,12 +23,15 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 from ChestCTMTLLib import preview as preview_png
+from ChestCTMTLLib.lungs import LUNG_NAMES
 from ChestCTMTLLib.results import FINDINGS_TSV_COLUMNS, AnalysisResult
 from ChestCTMTLLib.volume import CTVolume
 
 from . import headless, nodes, terminology
 
 SEGMENTATION_FILE = "lesions.seg.nrrd"
+#: Only when the result has lung labels, hence not in CASE_FILES.
+LUNGS_FILE = "lungs.seg.nrrd"
 RECONSTRUCTION_FILE = "reconstruction.nrrd"
 MARKUPS_FILE = "findings.mrk.json"
 FINDINGS_FILE = "findings.tsv"
@@ -111,6 +115,7 @@ def write_preview(result: AnalysisResult, path: Path, title: Optional[str] = Non
         return False
     types = list(result.lesion_masks) + [f.type for f in result.findings]
     colors = {name: terminology.lesion_term(name).color for name in types}
+    colors.update({name: terminology.lung_term(value).color for value, name in LUNG_NAMES.items()})
     preview_png.write_preview(result, path, colors=colors, title=title)
     return True
 
@@ -138,6 +143,8 @@ def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: P
         results = nodes.create_result_nodes(scene, volume_node, result)
         if results.segmentation is not None:
             _write_with_storage_node(results.segmentation, folder / SEGMENTATION_FILE)
+        if results.lungs is not None:
+            _write_with_storage_node(results.lungs, folder / LUNGS_FILE)
         if results.reconstruction is not None:
             _write_with_storage_node(results.reconstruction, folder / RECONSTRUCTION_FILE)
         write_markups_file(results.rois, folder / MARKUPS_FILE)

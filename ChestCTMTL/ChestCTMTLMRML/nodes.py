@@ -1,7 +1,8 @@
 """Analysis results -> MRML nodes, and MRML volume nodes <-> core CT volumes.
 
-One function builds what a radiologist reviews (segmentation, reconstruction, one ROI per finding,
-findings and classification tables, all in one subject-hierarchy folder per input volume), so the
+One function builds what a radiologist reviews (lesion segmentation, lung segmentation,
+reconstruction, one ROI per finding, findings and classification tables, all in one
+subject-hierarchy folder per input volume), so the
 Slicer module, the batch script and the ``chestctmtl`` command show and save the same thing.
 
 Design choices that matter to callers:
@@ -28,6 +29,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ChestCTMTLLib.errors import ChestCTMTLError, InputError
+from ChestCTMTLLib.lungs import LUNG_NAMES
 from ChestCTMTLLib.results import CLASS_NAMES, FINDINGS_TSV_COLUMNS, AnalysisResult, Finding
 from ChestCTMTLLib.volume import CTVolume
 
@@ -40,6 +42,7 @@ FOLDER_PREFIX = "ChestCTMTL \u2013 "  # "ChestCTMTL – <volume name>"
 ROLE_ATTR = "ChestCTMTL.role"
 ROLE_FOLDER = "results"
 ROLE_SEGMENTATION = "segmentation"
+ROLE_LUNGS = "lungs"
 ROLE_RECONSTRUCTION = "reconstruction"
 ROLE_ROI = "finding"
 ROLE_TABLE = "findings-table"
@@ -61,7 +64,7 @@ MODEL_VERSION_ATTR = "ChestCTMTL.modelVersion"
 MODEL_SHA256_ATTR = "ChestCTMTL.modelSHA256"
 
 TABLE_EXTRA_COLUMNS = ("status", "note")
-_STRING_COLUMNS = ("id", "type", "status", "note")
+_STRING_COLUMNS = ("id", "type", "lung", "zone", "status", "note")
 
 #: Slicer's "CT-Lung" display preset (Volumes module), as window, level in HU.
 CT_LUNG_WINDOW_LEVEL = (1400.0, -500.0)
@@ -83,9 +86,14 @@ class GeometryMismatchError(ChestCTMTLError):
 
 @dataclass
 class ResultOptions:
-    """Which results to create (the module panel's check boxes) and how to show them."""
+    """Which results to create (the module panel's check boxes) and how to show them.
+
+    ``segmentation`` switches off every segmentation node (lesions and lungs); ``lungs``
+    only the lung segmentation (which exists only when the result has ``lung_labels``).
+    """
 
     segmentation: bool = True
+    lungs: bool = True
     reconstruction: bool = True
     detections: bool = True
     score_threshold: float = 0.0
@@ -98,14 +106,15 @@ class ResultNodes:
 
     folder_item: int
     input_volume: object
-    segmentation: object = None
+    segmentation: object = None  # lesions
+    lungs: object = None  # lung segmentation: segments "right lung", "left lung"
     reconstruction: object = None
     rois: List[object] = field(default_factory=list)
     table: object = None  # findings (+ status, note)
     classification_table: object = None
 
     def data_nodes(self) -> list:
-        nodes = [self.segmentation, self.reconstruction, *self.rois, self.table,
+        nodes = [self.segmentation, self.lungs, self.reconstruction, *self.rois, self.table,
                  self.classification_table]
         return [n for n in nodes if n is not None]
 
@@ -181,15 +190,21 @@ def ct_from_volume_node(volume_node) -> CTVolume:
                     source_path=source_path, metadata={"mrml_node_id": volume_node.GetID()})
 
 
-def _oriented_mask(mask: np.ndarray, ijk_to_ras: np.ndarray):
-    """A 0/1 vtkOrientedImageData on the given grid (what a segment stores)."""
-    k, j, i = mask.shape
+def _oriented_image(shape, ijk_to_ras: np.ndarray):
+    """An unsigned-char vtkOrientedImageData on the given grid and its voxels as (k, j, i)."""
+    k, j, i = shape
     image = slicer.vtkOrientedImageData()
     image.SetDimensions(int(i), int(j), int(k))
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i)
-    voxels[:] = np.asarray(mask) != 0
     image.SetImageToWorldMatrix(_vtk_matrix(ijk_to_ras))
+    return image, voxels
+
+
+def _oriented_mask(mask: np.ndarray, ijk_to_ras: np.ndarray):
+    """A 0/1 vtkOrientedImageData on the given grid (what a segment stores)."""
+    image, voxels = _oriented_image(mask.shape, ijk_to_ras)
+    voxels[:] = np.asarray(mask) != 0
     return image
 
 
@@ -293,6 +308,8 @@ def _collect(sh, folder: int, volume_node) -> ResultNodes:
         role = node.GetAttribute(ROLE_ATTR) if node is not None else None
         if role == ROLE_SEGMENTATION:
             results.segmentation = node
+        elif role == ROLE_LUNGS:
+            results.lungs = node
         elif role == ROLE_RECONSTRUCTION:
             results.reconstruction = node
         elif role == ROLE_ROI:
@@ -358,8 +375,7 @@ def _set_segment_terminology(segment, entry: str) -> None:
         segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
 
 
-def _build_segmentation(scene, volume_node, masks: Dict[str, np.ndarray], name: str,
-                        show_3d: bool, created: list):
+def _new_segmentation_node(scene, volume_node, name: str, created: list):
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     created.append(node)
     node.CreateDefaultDisplayNodes()
@@ -369,18 +385,30 @@ def _build_segmentation(scene, volume_node, masks: Dict[str, np.ndarray], name: 
         segmentation.SetSourceRepresentationName(_BINARY_LABELMAP)
     else:  # Slicer < 5.4
         segmentation.SetMasterRepresentationName(_BINARY_LABELMAP)
-    ijk_to_ras = ijk_to_ras_of(volume_node)
+    return node
+
+
+def _new_segment(name: str, term: terminology.LesionTerm):
+    segment = slicer.vtkSegment()
+    segment.SetName(name)
+    segment.SetColor(*term.color)
+    if term.entry:
+        _set_segment_terminology(segment, term.entry)
+    return segment
+
+
+def _build_segmentation(scene, volume_node, masks: Dict[str, np.ndarray], name: str,
+                        show_3d: bool, created: list):
     shape = volume_shape_of(volume_node)
-    for lesion_type, mask in masks.items():
+    for lesion_type, mask in masks.items():  # checked before any node exists
         if tuple(mask.shape) != tuple(shape):
             raise GeometryMismatchError(
                 "lesion mask '{}' has shape {}, the volume {}".format(lesion_type, mask.shape, shape))
-        term = terminology.lesion_term(lesion_type)
-        segment = slicer.vtkSegment()
-        segment.SetName(lesion_type)
-        segment.SetColor(*term.color)
-        if term.entry:
-            _set_segment_terminology(segment, term.entry)
+    node = _new_segmentation_node(scene, volume_node, name, created)
+    segmentation = node.GetSegmentation()
+    ijk_to_ras = ijk_to_ras_of(volume_node)
+    for lesion_type, mask in masks.items():
+        segment = _new_segment(lesion_type, terminology.lesion_term(lesion_type))
         segment.AddRepresentation(_BINARY_LABELMAP, _oriented_mask(mask, ijk_to_ras))
         segmentation.AddSegment(segment, lesion_type)
     display = node.GetDisplayNode()
@@ -389,6 +417,36 @@ def _build_segmentation(scene, volume_node, masks: Dict[str, np.ndarray], name: 
     display.SetVisibility3D(bool(show_3d))
     if show_3d:
         node.CreateClosedSurfaceRepresentation()
+    return node
+
+
+def _build_lungs(scene, volume_node, lung_labels: np.ndarray, name: str, created: list):
+    """The lung segmentation: segments "right lung" and "left lung" (always both, so a lung
+    the core missed can be painted in), terminology-coded as Slicer codes anatomy.
+
+    Both segments share ONE labelmap layer, told apart by their label value (1 right, 2 left:
+    the core's own label values), which is how Slicer itself stores a segmentation whose
+    segments do not overlap: half the memory of one full-volume image per lung, and the
+    ``.seg.nrrd`` needs no merging. Shown as outlines only, so the lesion overlay stays visible.
+    """
+    shape = volume_shape_of(volume_node)
+    if tuple(lung_labels.shape) != tuple(shape):
+        raise GeometryMismatchError("lung labels have shape {}, the volume {}".format(
+            lung_labels.shape, shape))
+    node = _new_segmentation_node(scene, volume_node, name, created)
+    segmentation = node.GetSegmentation()
+    labels = np.asarray(lung_labels)
+    image, voxels = _oriented_image(shape, ijk_to_ras_of(volume_node))
+    voxels[:] = np.where(np.isin(labels, list(LUNG_NAMES)), labels, 0)
+    for value, lung_name in sorted(LUNG_NAMES.items()):
+        segment = _new_segment(lung_name, terminology.lung_term(value))
+        segment.AddRepresentation(_BINARY_LABELMAP, image)
+        segment.SetLabelValue(int(value))
+        segmentation.AddSegment(segment, lung_name)
+    display = node.GetDisplayNode()
+    display.SetVisibility2DFill(False)
+    display.SetVisibility2DOutline(True)
+    display.SetVisibility3D(False)
     return node
 
 
@@ -536,6 +594,9 @@ def create_result_nodes(scene, input_volume_node, result: AnalysisResult, replac
         if options.segmentation and result.lesion_masks:
             nodes.segmentation = _build_segmentation(scene, input_volume_node, result.lesion_masks,
                                                      base + " lesions", options.show_3d, created)
+        if options.segmentation and options.lungs and result.lung_labels is not None:
+            nodes.lungs = _build_lungs(scene, input_volume_node, result.lung_labels,
+                                       base + " lungs", created)
         if options.reconstruction and result.reconstruction_hu is not None:
             nodes.reconstruction = _build_reconstruction(
                 scene, input_volume_node, result.reconstruction_hu, base + " reconstruction",
@@ -563,6 +624,8 @@ def create_result_nodes(scene, input_volume_node, result: AnalysisResult, replac
 def _role_of(nodes: ResultNodes, node) -> str:
     if node is nodes.segmentation:
         return ROLE_SEGMENTATION
+    if node is nodes.lungs:
+        return ROLE_LUNGS
     if node is nodes.reconstruction:
         return ROLE_RECONSTRUCTION
     if node is nodes.table:

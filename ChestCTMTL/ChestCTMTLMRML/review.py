@@ -4,8 +4,9 @@ The review state lives *in the scene* (attributes of each finding's markups ROI,
 findings table), never in the panel, so a saved .mrb carries it and any front end (Slicer
 panel, script, test) sees the same thing. Qt-free: works on a headless scene too.
 
-The report recomputes lesion volumes from the segmentation as it is *now*: after the user
-corrected it in the Segment Editor, the numbers follow the corrections, not the model's output.
+The report recomputes lesion and lung volumes from the segmentations as they are *now*: after
+the user corrected them in the Segment Editor, the numbers follow the corrections, not the
+model's output.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ STATUS_COLORS = {
 }
 
 CSV_COLUMNS = ("id", "type", "score", "center_r", "center_a", "center_s", "size_r", "size_a",
-               "size_s", "volume_mm3_detected", "volume_mm3_segmentation", "status", "note")
+               "size_s", "volume_mm3_detected", "volume_mm3_segmentation", "status", "note",
+               "lung", "zone")
 
 
 class ReviewError(nodes.ChestCTMTLError):
@@ -209,6 +211,22 @@ def lesion_volumes(results: nodes.ResultNodes) -> Tuple[Dict[str, float], Dict[s
     return per_type, per_finding
 
 
+def lung_volumes(results: nodes.ResultNodes) -> Optional[Dict[str, float]]:
+    """Volume (ml) of every segment of the lung segmentation as it is now; None without one."""
+    seg = results.lungs
+    volume = results.input_volume
+    if seg is None or volume is None:
+        return None
+    voxel_ml = float(abs(np.linalg.det(nodes.ijk_to_ras_of(volume)[:3, :3]))) / 1000.0
+    per_lung: Dict[str, float] = {}
+    segmentation = seg.GetSegmentation()
+    for n in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(n)
+        mask = nodes.segment_mask_array(seg, segment_id, volume)
+        per_lung[segmentation.GetSegment(segment_id).GetName()] = float(mask.sum()) * voxel_ml
+    return per_lung
+
+
 # ------------------------------------------------------------------ summary and report
 def _folder_attributes(scene, results: nodes.ResultNodes) -> dict:
     sh = scene.GetSubjectHierarchyNode()
@@ -255,7 +273,8 @@ def _finding_entry(roi, row: dict) -> dict:
             "type": roi.GetAttribute(nodes.TYPE_ATTR) or "",
             "score": float(roi.GetAttribute(nodes.SCORE_ATTR) or "nan"),
             "center_ras": [float(v) for v in center], "size_mm": [float(v) for v in size],
-            "volume_mm3": number("volume_mm3"), "status": status, "note": note}
+            "volume_mm3": number("volume_mm3"), "lung": row.get("lung", ""),
+            "zone": row.get("zone", ""), "status": status, "note": note}
 
 
 def results_summary(scene, volume_node) -> Optional[dict]:
@@ -271,8 +290,8 @@ def results_summary(scene, volume_node) -> Optional[dict]:
     return {"predicted_class": info["predicted_class"], "probabilities": info["probabilities"],
             "model_id": info["model"]["id"], "model_version": info["model"]["version"],
             "model": info["model"], "findings": findings,
-            "segmentation": results.segmentation, "reconstruction": results.reconstruction,
-            "results": results}
+            "segmentation": results.segmentation, "lungs": results.lungs,
+            "reconstruction": results.reconstruction, "results": results}
 
 
 def review_report(scene, volume_node) -> dict:
@@ -281,10 +300,12 @@ def review_report(scene, volume_node) -> dict:
     if summary is None:
         raise ReviewError("'{}' has no ChestCTMTL results to report".format(volume_node.GetName()))
     per_type, per_finding = lesion_volumes(summary["results"])
+    per_lung = lung_volumes(summary["results"])
     findings = []
     for f in summary["findings"]:
         findings.append({
-            "id": f["id"], "type": f["type"], "score": round(f["score"], 4),
+            "id": f["id"], "type": f["type"], "lung": f["lung"], "zone": f["zone"],
+            "score": round(f["score"], 4),
             "center_ras": [round(v, 2) for v in f["center_ras"]],
             "size_ras": [round(v, 2) for v in f["size_mm"]],
             "volume_mm3_detected": None if np.isnan(f["volume_mm3"]) else round(f["volume_mm3"], 1),
@@ -302,6 +323,7 @@ def review_report(scene, volume_node) -> dict:
         "verdict": summary["predicted_class"],
         "probabilities": {k: round(v, 6) for k, v in summary["probabilities"].items()},
         "lesion_volumes_mm3": {k: round(v, 1) for k, v in per_type.items()},
+        "lung_volumes_ml": None if per_lung is None else {k: round(v, 1) for k, v in per_lung.items()},
         "findings": findings,
         "review_counts": counts,
         "model": summary["model"],
@@ -319,17 +341,24 @@ def report_markdown(report: dict) -> str:
               "| lesion type | volume (mm\u00b3) |", "|---|---|"]
     for name, v in report["lesion_volumes_mm3"].items():
         lines.append("| {} | {:.1f} |".format(name, v))
+    if report.get("lung_volumes_ml") is not None:
+        lines += ["", "## Lung volumes (from the reviewed lung segmentation)", "",
+                  "| lung | volume (ml) |", "|---|---|"]
+        for name, v in report["lung_volumes_ml"].items():
+            lines.append("| {} | {:.1f} |".format(name, v))
     lines += ["", "## Findings", "",
-              "| id | type | score | size R\u00d7A\u00d7S (mm) | volume detected (mm\u00b3) | "
-              "volume segmentation (mm\u00b3) | status | note |", "|---|---|---|---|---|---|---|---|"]
+              "| id | type | lung | zone | score | size R\u00d7A\u00d7S (mm) | volume detected (mm\u00b3) | "
+              "volume segmentation (mm\u00b3) | status | note |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for f in report["findings"]:
-        lines.append("| {} | {} | {:.2f} | {} | {} | {} | {} | {} |".format(
-            f["id"], f["type"], f["score"], "\u00d7".join("{:.1f}".format(v) for v in f["size_ras"]),
+        lines.append("| {} | {} | {} | {} | {:.2f} | {} | {} | {} | {} | {} |".format(
+            f["id"], f["type"], f.get("lung", ""), f.get("zone", ""), f["score"],
+            "\u00d7".join("{:.1f}".format(v) for v in f["size_ras"]),
             "" if f["volume_mm3_detected"] is None else "{:.1f}".format(f["volume_mm3_detected"]),
             "" if f["volume_mm3_segmentation"] is None else "{:.1f}".format(f["volume_mm3_segmentation"]),
             f["status"], f["note"].replace("|", "\\|").replace("\n", " ")))
     if not report["findings"]:
-        lines.append("| - | no findings | | | | | | |")
+        lines.append("| - | no findings | | | | | | | | |")
     counts = report["review_counts"]
     lines += ["", "Review: " + ", ".join("{} {}".format(counts[s], s) for s in STATUSES), "",
               "## Model", "", "{} v{} (SHA-256 {})".format(report["model"]["id"],
@@ -347,7 +376,7 @@ def report_csv(report: dict) -> str:
         writer.writerow([f["id"], f["type"], f["score"], c[0], c[1], c[2], s[0], s[1], s[2],
                          "" if f["volume_mm3_detected"] is None else f["volume_mm3_detected"],
                          "" if f["volume_mm3_segmentation"] is None else f["volume_mm3_segmentation"],
-                         f["status"], f["note"]])
+                         f["status"], f["note"], f.get("lung", ""), f.get("zone", "")])
     return out.getvalue()
 
 

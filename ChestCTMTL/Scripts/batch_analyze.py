@@ -4,14 +4,16 @@ In Slicer::
 
     Slicer --no-main-window --python-script ChestCTMTL/Scripts/batch_analyze.py \
         --input IN [IN ...] --output OUTDIR [--mrb] [--model MODEL_DIR] [--device auto|cpu|cuda]
+        [--score-threshold S] [--no-preview]
 
 or with the project's Python alone (no Slicer; slicer-core gives the MRML scene)::
 
     .venv/bin/python ChestCTMTL/Scripts/batch_analyze.py --input IN --output OUTDIR
 
-Both run ChestCTMTLMRML.batch, the code behind ``chestctmtl analyze``, and write the same case
-folders. Exit code: 0 all inputs analysed, 1 some failed (the rest are written), 2 nothing
-could start (no model, no such device, bad arguments).
+Both run ChestCTMTLMRML.batch, the code behind ``chestctmtl analyze`` (the same arguments, one
+AnalysisOptions, one Analyzer for every input), and write the same case folders. Exit code:
+0 all inputs analysed, 1 some failed (the rest are written), 2 nothing could start (no model,
+no such device, bad arguments).
 """
 from __future__ import annotations
 
