@@ -306,7 +306,7 @@ def lesion_stage(outputs: NetworkOutputs, canon_hu: np.ndarray, options: Analysi
     crop = _lesion_crop(lungs, canon_hu.shape, margin)
     offset = [c.start for c in crop]
     lungs_c = LungMask(lungs.labels[crop], spacing, lungs.airway_ml, lungs.split)  # a view
-    prob = {tname: outputs.seg_prob[tname][crop] for tname in types}
+    prob = {tname: outputs.prob_crop(tname, crop) for tname in types}
     raw = {tname: p >= thr for tname, p in prob.items()}
     if raw and lungs.found:
         any_lesion = np.zeros(lungs_c.labels.shape, bool)
@@ -476,7 +476,8 @@ class Analyzer:
                 view.to_canonical(masks[tname])[stage.crop] = m
             if stage.lungs is not None:
                 lung_labels = np.zeros(shape, dtype=np.uint8)
-                view.to_canonical(lung_labels)[...] = stage.lungs.labels
+                # the lungs (grown into lesions) lie inside the lesion crop
+                view.to_canonical(lung_labels)[stage.crop] = stage.lungs.labels[stage.crop]
                 lungs_report = {"found": stage.lungs.found, "split": stage.lungs.split,
                                 "airway_removed_ml": round(stage.lungs.airway_ml, 2),
                                 "method": "HU thresholds + 3D components (ChestCTMTLLib.lungs)"}
@@ -492,7 +493,7 @@ class Analyzer:
             for tname, prob in outputs.seg_prob.items():
                 masks[tname] = np.zeros(shape, dtype=np.uint8)
                 mv = view.to_canonical(masks[tname])
-                mv[...] = prob >= thr
+                mv[outputs.seg_region] = prob >= thr
                 if mv.any():
                     min_vox = int(math.ceil(opts.min_island_mm3 / float(np.prod(view.spacing))))
                     remove_small_islands(mv, min_vox)
@@ -631,11 +632,27 @@ class NetworkOutputs:
     geometry: object  # representation.SliceGeometry
     region: object  # representation.LungRegion
     slices: np.ndarray  # canonical slice indices the network saw (sorted)
-    seg_prob: Dict[str, np.ndarray]  # lesion type -> uint8 (K, H, W) canonical; {} if seg off
+    seg_prob: Dict[str, np.ndarray]  # lesion type -> uint8 on ``seg_region``; {} if seg off
     boxes: List[SliceBox]  # detection-head boxes (canonical slice, input pixels)
     slice_probs: Optional[np.ndarray]  # (len(slices), n_classes) softmax, in ``slices`` order
     reconstruction_hu: Optional[np.ndarray]  # int16, input array order; None if recon off
     timings: Dict[str, float] = field(default_factory=dict)
+    #: the part of the canonical grid the network saw (analysed slices x its in-plane box);
+    #: probabilities are 0 elsewhere, so only this part is stored
+    seg_region: Tuple[slice, slice, slice] = (slice(0, 0),) * 3
+
+    def prob_crop(self, name: str, crop: Tuple[slice, slice, slice]) -> np.ndarray:
+        """Lesion probabilities (uint8) of type ``name`` on any canonical ``crop``."""
+        region, prob = self.seg_region, self.seg_prob[name]
+        inner = tuple(slice(max(c.start, r.start), min(c.stop, r.stop)) for c, r in zip(crop, region))
+        if all(i.start == c.start and i.stop == c.stop for i, c in zip(inner, crop)):
+            return prob[tuple(slice(i.start - r.start, i.stop - r.start)
+                              for i, r in zip(inner, region))]
+        out = np.zeros(tuple(c.stop - c.start for c in crop), np.uint8)
+        if all(i.stop > i.start for i in inner):
+            out[tuple(slice(i.start - c.start, i.stop - c.start) for i, c in zip(inner, crop))] = \
+                prob[tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inner, region))]
+        return out
 
 
 def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshold: float,
@@ -664,9 +681,16 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
     t = lap("lung_region", t)
 
     lesion_types = tuple(config.lesion_types)
+    in_h, in_w = canon.shape[1], canon.shape[2]
+    rr = slice(max(0, geometry.row0), min(in_h, geometry.row0 + geometry.side))
+    cc = slice(max(0, geometry.col0), min(in_w, geometry.col0 + geometry.side))
+    k_lo = int(slices.min()) if slices.size else 0
+    k_hi = int(slices.max()) + 1 if slices.size else 0
+    seg_region = (slice(k_lo, k_hi), rr, cc)
     seg_prob: Dict[str, np.ndarray] = {}
     if "segmentation" in run_tasks:
-        seg_prob = {name: np.zeros(canon.shape, dtype=np.uint8) for name in lesion_types}
+        region_shape = (k_hi - k_lo, rr.stop - rr.start, cc.stop - cc.start)
+        seg_prob = {name: np.zeros(region_shape, dtype=np.uint8) for name in lesion_types}
     recon: Optional[np.ndarray] = None
     recon_view = None
     if "reconstruction" in run_tasks:
@@ -674,7 +698,6 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
         recon_view = view.to_canonical(recon)
     slice_probs: List[np.ndarray] = []
     boxes: List[SliceBox] = []
-    in_h, in_w = canon.shape[1], canon.shape[2]
     lo_hu, hi_hu = float(rep.hu_window[0]), float(rep.hu_window[1])
 
     bs = int(batch_size or default_batch_size(dev))
@@ -704,10 +727,10 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
                 slice_probs.append(torch.softmax(out["class_logits"], dim=1).numpy())
             seg = torch.sigmoid(out["seg_logits"]) if "seg_logits" in out else None
             if seg is not None:
-                prob = geometry.to_input(seg, fill=0.0)
+                prob = geometry.to_input(seg, fill=0.0)[:, :, rr, cc]
                 q = torch.round(prob.clamp_(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
                 for ti, name in enumerate(lesion_types):
-                    seg_prob[name][idx] = q[:, ti]
+                    seg_prob[name][idx - k_lo] = q[:, ti]
             if "recon" in out:
                 # the model reproduces the clipped unit image: outside [0, 1] means nothing
                 hu = out["recon"].clamp_(0.0, 1.0) * (hi_hu - lo_hu) + lo_hu
@@ -730,6 +753,6 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
             lap("map_back", t)
     probs_arr = np.concatenate(slice_probs, axis=0).astype(np.float32) if slice_probs else None
     return NetworkOutputs(view, geometry, region, slices, seg_prob, boxes, probs_arr, recon,
-                          timings)
+                          timings, seg_region)
 
 
