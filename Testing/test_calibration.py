@@ -111,3 +111,49 @@ def test_verdict_follows_the_evidence():
     assert decide(normalish, sel, names, None, lobar, cal)["predicted_class"] == "non-covid"
     probs = decide(normalish, sel, names, None, multifocal, cal)["probabilities"]
     assert sum(probs.values()) == pytest.approx(1.0)
+
+
+def test_score_threshold_fit_known_answer():
+    from ChestCTMTLTraining.calibrate import fit_score_threshold
+
+    scans = [{"name": "a", "fp_scores": [0.55, 0.29], "big_lesion_scores": [0.82]},
+             {"name": "b", "fp_scores": [0.1], "big_lesion_scores": [0.92]}]
+    assert fit_score_threshold(scans, 0)["score_threshold"] == pytest.approx(0.6)
+    assert fit_score_threshold(scans, 1)["score_threshold"] == pytest.approx(0.3)
+    # nothing meets the budget with the big nodule found: the highest grid value, said so
+    bad = [{"name": "c", "fp_scores": [0.95], "big_lesion_scores": [0.5]}]
+    assert fit_score_threshold(bad, 0)["score_threshold"] == pytest.approx(0.9)
+
+
+def test_calibrate_command_writes_a_calibration_the_analyzer_runs_on(data_dir, tmp_path):
+    """The real command on a copy of the bundled model, with a one-scan manifest (lung1) and a
+    few slices per source: calibration.json lands in the folder, checksummed in its card."""
+    import shutil
+
+    from ChestCTMTLLib import sample_data
+    from ChestCTMTLTraining.calibrate import calibrate
+
+    try:
+        sample_data.sample_path("lung1_image.nrrd")
+    except sample_data.SampleDataError as exc:
+        pytest.skip(f"sample CT not fetched: {exc}")
+    if not (data_dir / "lidc_nodule_vois").is_dir():
+        pytest.skip("lidc_nodule_vois not in the data root")
+    model = tmp_path / "model"
+    shutil.copytree(modelio.default_model_dir(), model)
+    (model / C.CALIBRATION_FILE).unlink()
+    card = modelio.read_card(model)
+    card.pop("calibration_sha256")
+    (model / "model.json").write_text(json.dumps(card, indent=2))
+    manifest = tmp_path / "one.yaml"
+    manifest.write_text("scans:\n  - {name: lung1, image: 'sample:lung1_image.nrrd', class: cancer, "
+                        "role: calibration, lesion_mask: 'sample:lung1_label.nrrd'}\n")
+    summary = calibrate(model, manifest=str(manifest), max_per_source=8, output=str(tmp_path / "out"),
+                        progress=False)
+    cal = C.load_calibration(model, modelio.read_card(model))
+    assert cal.fitted and cal.score_threshold == summary["score_threshold"]
+    assert summary["calibration_scans"] == ["lung1"]
+    assert 0.05 <= cal.temperature <= 20
+    assert cal.shape_rules(5.0).min_z_ratio > cal.shape_rules(1.25).min_z_ratio
+    assert (tmp_path / "out" / "calibration_reliability.png").stat().st_size > 1000
+    assert Analyzer(model, AnalysisOptions(device="cpu")).score_threshold == cal.score_threshold
