@@ -442,6 +442,7 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.verdictLabel.text = "<b>{}</b> (model {} v{}) - research use only".format(
                 CLASS_LABELS.get(verdict, verdict or "?"), summary.get("model_id", "?"),
                 summary.get("model_version", "?"))
+            self.ui.verdictLabel.toolTip = summary.get("verdict_evidence") or ""
             for name, bar in bars.items():
                 bar.value = int(round(100 * float(summary["probabilities"].get(name, 0.0))))
             findings = summary["findings"]

@@ -157,3 +157,15 @@ def test_calibrate_command_writes_a_calibration_the_analyzer_runs_on(data_dir, t
     assert cal.shape_rules(5.0).min_z_ratio > cal.shape_rules(1.25).min_z_ratio
     assert (tmp_path / "out" / "calibration_reliability.png").stat().st_size > 1000
     assert Analyzer(model, AnalysisOptions(device="cpu")).score_threshold == cal.score_threshold
+
+
+def test_explanation_names_the_finding_and_its_ratio():
+    from ChestCTMTLLib.verdict import cancer_evidence, explain
+
+    cal = C.Calibration(dict(C.DEFAULTS, score_threshold=0.3))
+    none = LesionPattern({"right lung": 0.5, "left lung": 0.2}, {}, False)
+    nod = cancer_evidence([_nodule(0.6, 20.0)], 1.25, cal)
+    out = decide(np.tile([[0.8, 0.05, 0.15]], (10, 1)), np.ones(10, bool), ("non-covid", "covid", "cancer"),
+                 nod, none, cal, "L3")
+    text = explain(out)
+    assert "L3" in text and "cancer x19" in text and "no diffuse bilateral process" in text

@@ -104,3 +104,72 @@ def test_infection_is_one_finding_per_zone():
     assert [(z.lung, z.zone) for z in zones] == [(RIGHT, "lower"), (LEFT, "upper")] or \
         sorted((z.lung, z.zone) for z in zones) == sorted([(RIGHT, "lower"), (LEFT, "upper")])
     assert all(z.features["volume_mm3"] > 1000 for z in zones)
+
+
+def _stage(hu, spacing, nodule_prob, infection_prob, boxes):
+    """lesion_stage on synthetic network outputs over a real lung mask of a phantom."""
+    from ChestCTMTLLib.calibration import Calibration
+    from ChestCTMTLLib.inference import NetworkOutputs, lesion_stage
+    from ChestCTMTLLib.options import AnalysisOptions
+    from ChestCTMTLLib.orientation import AxialView
+
+    shape = hu.shape
+    view = AxialView((0, 1, 2), (False, False, False), shape, tuple(spacing))
+    region = tuple(slice(0, n) for n in shape)
+    out = NetworkOutputs(view, None, None, np.arange(shape[0]),
+                         {"covid-infection": infection_prob, "nodule-mass": nodule_prob}, boxes,
+                         None, None, {}, region)
+    cal = Calibration(dict(C.DEFAULTS, score_threshold=0.3))
+    return lesion_stage(out, hu, AnalysisOptions(), cal, ("covid-infection", "nodule-mass"))
+
+
+def test_the_lesion_stage_keeps_a_lung_nodule_and_drops_heart_and_dome():
+    from test_lungs import phantom
+
+    hu, spacing, truth = phantom(2.0, 1.0, 256)
+    shape = hu.shape
+    nod = np.zeros(shape, np.uint8)
+    inside = sphere(shape, spacing, (170, 128, 128 + 60), 7)  # left lung
+    hu[inside] = 30
+    heart = sphere(shape, spacing, (120, 140, 128), 15)  # between the lungs
+    zz, yy, xx = grid(shape, spacing)
+    # the dome of the diaphragm cut tangentially: a round disk on two slices, inside the lung
+    dome = (np.abs(zz - 100) <= 1.5) & ((yy - 128) ** 2 + (xx - (128 - 45)) ** 2 <= 15 ** 2)
+    nod[inside | heart | dome] = 230
+    boxes = [SliceBox(85, "nodule-mass", 0.8, 121, 181, 135, 195),  # on the nodule
+             SliceBox(60, "nodule-mass", 0.9, 130, 118, 150, 138)]  # on the heart
+    st = _stage(hu, spacing, nod, np.zeros(shape, np.uint8), boxes)
+    kept = [c for c in st.nodules if c.kept]
+    assert len(kept) == 1 and kept[0].lung == LEFT and kept[0].score == pytest.approx(0.8)
+    assert st.evidence_nodule is kept[0] and not st.pattern.diffuse
+    dropped = [c for c in st.nodules if not c.kept]
+    assert any("flat" in c.reason for c in dropped)  # the dome
+    # the heart is outside the lungs: no candidate and no overlay there
+    crop_heart = heart[st.crop] & ~truth["right"][st.crop] & ~truth["left"][st.crop]
+    assert not st.masks["nodule-mass"][crop_heart].any()
+
+
+def test_a_solid_mass_stays_a_mass_inside_a_diffuse_process():
+    from test_lungs import phantom
+
+    hu, spacing, truth = phantom(2.0, 1.0, 256)
+    shape = hu.shape
+    mass = sphere(shape, spacing, (170, 128, 128 - 45), 17) & truth["right"]
+    hu[mass] = 40
+    nod = np.zeros(shape, np.uint8)
+    nod[mass] = 240
+    inf = np.zeros(shape, np.uint8)
+    rng = np.random.default_rng(3)
+    for side, cx in ((truth["left"], 128 + 45), (truth["right"], 128 - 45)):
+        for _ in range(12):  # ground glass in both lungs, well over 10 mL each
+            z, y, x = rng.uniform(100, 240), rng.uniform(100, 156), cx + rng.uniform(-20, 20)
+            patch = sphere(shape, spacing, (z, y, x), 8) & side & ~mass
+            inf[patch] = 210
+            hu[patch] = -600
+    boxes = [SliceBox(85, "nodule-mass", 0.7, 118, 75, 138, 95)]
+    st = _stage(hu, spacing, nod, inf, boxes)
+    assert st.pattern.diffuse
+    masses = [c for c in st.nodules if c.kept]
+    assert len(masses) == 1 and masses[0].features["diameter_mm"] >= 30
+    assert st.evidence_nodule is masses[0]
+    assert len(st.zones) >= 2 and {z.lung for z in st.zones} == {RIGHT, LEFT}

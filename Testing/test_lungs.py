@@ -155,3 +155,22 @@ def test_lungs_of_every_whole_ct(name, data_dir):
     air = canon[top, :, band] < -950
     if air.sum() > 50:
         assert (mask.labels[top, :, band][air] == 0).mean() > 0.9, name
+
+
+def test_a_volume_without_lungs_lists_no_lesion(tmp_path):
+    """An abdomen-like volume (soft tissue with bowel gas, no lungs): the model may fire on the
+    gas, but without lungs nothing is listed and the report says why."""
+    from ChestCTMTLLib import modelio
+    from ChestCTMTLLib.inference import Analyzer
+    from ChestCTMTLLib.model import ModelConfig
+    from ChestCTMTLLib.options import AnalysisOptions
+    from ChestCTMTLLib.volume import CTVolume
+
+    hu, spacing, truth = phantom(5.0, 1.5, 128)
+    hu[truth["right"] | truth["left"] | truth["trachea"]] = 40  # no lungs, bowel gas stays
+    vol = CTVolume(hu[:, :, ::-1].copy(), np.diag([1.5, 1.5, 5.0, 1.0]), name="abdomen")
+    folder = modelio.create_untrained_model_folder(tmp_path / "m", ModelConfig(backbone="fast", input_size=64))
+    res = Analyzer(folder, AnalysisOptions(device="cpu", score_threshold=0.0)).apply(vol)
+    assert res.lungs["found"] is False and "no lungs" in res.lungs["warning"]
+    assert res.findings == [] and not res.lung_labels.any()
+    assert all(not m.any() for m in res.lesion_masks.values())

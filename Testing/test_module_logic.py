@@ -303,6 +303,8 @@ def test_process_creates_results_on_the_input_grid(scene, lidc_files, model_dir)
     assert logic.resultNodes(volume).segmentation is seg
     summary = logic.resultsSummary(volume)
     assert summary["predicted_class"] == predicted and set(summary["probabilities"]) == set(CLASS_NAMES)
+    # the panel can say why: the evidence line travels with the results in the scene
+    assert "classifier on" in summary["verdict_evidence"]
     # V is never modified
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), voxels)
     np.testing.assert_array_equal(matrix(volume), geometry)

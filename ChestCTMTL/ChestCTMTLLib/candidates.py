@@ -33,6 +33,18 @@ from .lungs import LEFT, LUNG_NAMES, RIGHT, LungMask
 from .postprocess import SliceBox
 
 ZONES = ("upper", "middle", "lower")
+#: Soft tissue, not ground glass: a lesion whose median is above this is solid.
+SOLID_HU = -100.0
+#: A mass, not a nodule, from this diameter on (Fleischner Society glossary, 2008).
+MASS_MM = 30.0
+
+
+def is_solid_mass(cand: "Candidate") -> bool:
+    """A listed candidate of at least 3 cm whose median is soft tissue: never part of a diffuse
+    process (a pneumonia or COVID-19 does not hide a mass)."""
+    f = cand.features
+    return bool(cand.kept and f.get("diameter_mm", 0.0) >= MASS_MM
+                and f.get("median_hu", -1000.0) > SOLID_HU)
 
 
 @dataclass(frozen=True)
@@ -149,15 +161,18 @@ def _side_and_zone(lungs: LungMask, cand: Candidate) -> float:
 
 
 def in_lung_mask(lungs: Optional[LungMask], shape, margin_vox: Tuple[int, int, int]) -> np.ndarray:
-    """Where lesions may be: the lungs grown by a small box-shaped margin (juxtapleural lesions).
+    """Where lesions may be: the lungs grown by a small box-shaped margin (juxtapleural lesions);
+    nowhere when a lung mask found no lungs (everywhere only without a lung mask at all).
 
     A box margin is a separable maximum filter (three 1D passes), much cheaper on a whole CT
     than a ball, and the margin is only a few millimetres.
     """
     from scipy import ndimage
 
-    if lungs is None or not lungs.found:
+    if lungs is None:
         return np.ones(shape, bool)
+    if not lungs.found:  # no lungs, no place for a lung lesion: nothing is listed
+        return np.zeros(shape, bool)
     inside = lungs.labels > 0
     if any(m > 0 for m in margin_vox):
         size = tuple(2 * int(m) + 1 for m in margin_vox)
@@ -174,11 +189,13 @@ def shifted(cand: "Candidate", offset: Sequence[int]) -> "Candidate":
 def nodule_candidates(prob: np.ndarray, allowed: np.ndarray, lungs: Optional[LungMask],
                       boxes: Sequence[SliceBox], spacing: Sequence[float], rules: ShapeRules,
                       seg_threshold: float = 0.5, min_volume_mm3: float = 14.0,
-                      lesion_type: str = "nodule-mass") -> List[Candidate]:
+                      lesion_type: str = "nodule-mass",
+                      hu: Optional[np.ndarray] = None) -> List[Candidate]:
     """Scored 3D nodule/mass candidates (kept and dropped, best first).
 
     ``prob``: uint8 canonical probability map (x255) of the nodule-mass channel; ``allowed``:
-    where a lesion may be (:func:`in_lung_mask`). Score = the best detection box (already
+    where a lesion may be (:func:`in_lung_mask`); ``hu``: the CT on the same grid (adds the
+    median HU and the soft-tissue fraction, > -100 HU). Score = the best detection box (already
     sqrt(detection x segmentation peak), :func:`model.rescore_detections`) whose centre lies
     in the candidate; 0 when the detection head did not see it.
     """
@@ -195,6 +212,10 @@ def nodule_candidates(prob: np.ndarray, allowed: np.ndarray, lungs: Optional[Lun
         best, n_boxes = _best_box_inside(own, sl, comp)
         f.update(seg_mean=float(p.mean()), seg_max=float(p.max()), detection=best,
                  detection_slices=float(n_boxes))
+        if hu is not None:
+            values = hu[sl][comp]
+            f.update(median_hu=float(np.median(values)),
+                     solid_fraction=float((values > SOLID_HU).mean()))
         cand.features = f
         cand.score = best
         cand.reason = shape_verdict(f, rules)
@@ -318,4 +339,5 @@ def lung_side_name(side: int) -> str:
 
 
 __all__ = ["ShapeRules", "Candidate", "shape_features", "shape_verdict", "nodule_candidates",
-           "plausible_infection", "zone_candidates", "shifted", "touching_zone", "in_lung_mask", "ZONES", "LUNG_NAMES", "lung_side_name"]
+           "plausible_infection", "zone_candidates", "shifted", "touching_zone", "is_solid_mass",
+           "SOLID_HU", "MASS_MM", "in_lung_mask", "ZONES", "LUNG_NAMES", "lung_side_name"]

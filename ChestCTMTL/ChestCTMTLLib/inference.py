@@ -288,8 +288,8 @@ def lesion_stage(outputs: NetworkOutputs, canon_hu: np.ndarray, options: Analysi
     The one implementation of the steps after the network that ``analyze`` and the
     evaluation commands run.
     """
-    from .candidates import (in_lung_mask, nodule_candidates, plausible_infection, shifted,
-                             touching_zone, zone_candidates)
+    from .candidates import (in_lung_mask, is_solid_mass, nodule_candidates, plausible_infection,
+                             shifted, touching_zone, zone_candidates)
     from .lungs import grow_into_lesions, segment_lungs
     from .verdict import cancer_evidence, lesion_pattern
 
@@ -327,7 +327,8 @@ def lesion_stage(outputs: NetworkOutputs, canon_hu: np.ndarray, options: Analysi
     nodules, zones = [], []
     if "nodule-mass" in prob:
         nodules = nodule_candidates(prob["nodule-mass"], allowed, lungs_c, boxes, spacing, rules,
-                                    options.seg_threshold, options.min_island_mm3)
+                                    options.seg_threshold, options.min_island_mm3,
+                                    hu=canon_hu[crop])
     masks = {}
     infection = touching = None
     if "covid-infection" in prob:
@@ -337,24 +338,32 @@ def lesion_stage(outputs: NetworkOutputs, canon_hu: np.ndarray, options: Analysi
             options.min_island_mm3, near)
         del near
     if "nodule-mass" in prob:
-        # the overlay: every island of at least min_island_mm3 inside the lungs
+        # the overlay: every island of at least min_island_mm3 that lies mostly in a lung
         overlay = np.zeros(allowed.shape, bool)
         for c in nodules:
-            overlay[c.bbox] |= c.mask
+            if c.features.get("in_lung_fraction", 1.0) >= 0.5:
+                overlay[c.bbox] |= c.mask
         masks["nodule-mass"] = overlay
+    if "covid-infection" in masks and lungs.found:
+        masks["covid-infection"] &= lungs_c.labels > 0  # the margin is for nodules' edges only
     check()
+    # solid masses stand apart: neither part of a diffuse process nor of its burden
+    masses = [c for c in nodules if is_solid_mass(c)]
+    near_mass = touching_zone(masses, allowed.shape) if masses else None
     lesion = np.zeros(allowed.shape, bool) if infection is None else infection.copy()
+    if near_mass is not None and infection is not None:
+        lesion &= ~_islands_touching(infection, near_mass)
     for c in nodules:
-        if c.kept:
+        if c.kept and not is_solid_mass(c):
             lesion[c.bbox] |= c.mask
     pattern = lesion_pattern(lesion, lungs_c if lungs.found else None, spacing, cal)
-    evidence = None
     if pattern.diffuse:
         # a diffuse process: its nodule-shaped islands are part of it, reported by zone
         for c in nodules:
-            if c.kept:
+            if c.kept and not is_solid_mass(c):
                 c.kept, c.reason = False, "part of a diffuse bilateral process (reported by zone)"
         infection = lesion
+        evidence = cancer_evidence(masses, s_mm, cal)
     else:
         evidence = cancer_evidence(nodules, s_mm, cal)
         if infection is not None:
@@ -380,6 +389,17 @@ def lesion_stage(outputs: NetworkOutputs, canon_hu: np.ndarray, options: Analysi
         shifted(c, offset)
     timings["candidates"] = timings.get("candidates", 0.0) + time.perf_counter() - t
     return LesionStage(lungs, crop, masks, nodules, zones, pattern, evidence)
+
+
+def _islands_touching(mask: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """The 3D components (26-connected) of ``mask`` that overlap ``near``."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    hit = np.zeros(n + 1, bool)
+    hit[np.unique(lab[near & mask])] = True
+    hit[0] = False
+    return hit[lab]
 
 
 # --------------------------------------------------------------------------- the analyzer
@@ -481,6 +501,9 @@ class Analyzer:
                 lungs_report = {"found": stage.lungs.found, "split": stage.lungs.split,
                                 "airway_removed_ml": round(stage.lungs.airway_ml, 2),
                                 "method": "HU thresholds + 3D components (ChestCTMTLLib.lungs)"}
+                if not stage.lungs.found:
+                    lungs_report["warning"] = ("no lungs found in this volume: no lesion is listed "
+                                               "and the verdict rests on the classifier alone")
                 for name, ml in stage.lungs.volume_ml().items():
                     lungs_report[name] = {"volume_ml": round(ml, 1)}
             listed = [c for c in stage.nodules if c.kept and c.score >= self.score_threshold]

@@ -40,11 +40,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .calibration import Calibration, temperature_scale
-from .candidates import Candidate, lung_side_name, shape_verdict
+from .candidates import MASS_MM, Candidate, lung_side_name, shape_verdict
 from .lungs import LEFT, LUNG_NAMES, RIGHT, LungMask
-
-#: A mass, not a nodule, from this diameter on (Fleischner Society glossary, 2008).
-MASS_MM = 30.0
 
 #: Likelihood ratios of each kind of evidence, per class (classes not named: 1).
 LIKELIHOOD_RATIOS = {
@@ -167,7 +164,7 @@ def decide(slice_probs: Optional[np.ndarray], lung_slices: np.ndarray, class_nam
                 lr[names.index(cls)] *= float(f)
         drivers.append({"evidence": kind, "likelihood_ratios": factors, **detail})
 
-    if nodule is not None and not pattern.diffuse:
+    if nodule is not None:
         f = nodule.features
         apply("nodule-mass finding",
               {"cancer": 1.0 + LIKELIHOOD_RATIOS["nodule_per_score"] * float(nodule.score)},
@@ -199,5 +196,24 @@ def decide(slice_probs: Optional[np.ndarray], lung_slices: np.ndarray, class_nam
     }
 
 
-__all__ = ["LIKELIHOOD_RATIOS", "LesionPattern", "lesion_pattern", "cancer_evidence", "decide",
+def explain(verdict: dict) -> str:
+    """One line for a radiologist: what moved the verdict, with each likelihood ratio."""
+    if not verdict:
+        return ""
+    parts = []
+    for e in verdict.get("evidence", []):
+        ratios = ", ".join("%s x%.2g" % (k, v) for k, v in e.get("likelihood_ratios", {}).items())
+        what = e["evidence"]
+        if e.get("finding"):
+            what = "%s %s (%s %s, %.0f mm, score %.2f)" % (what, e["finding"], e.get("lung", ""),
+                                                          e.get("zone", ""), e.get("diameter_mm", 0.0),
+                                                          e.get("score", 0.0))
+        parts.append("%s: %s" % (what, ratios))
+    q = verdict.get("classifier_lung_slices") or {}
+    head = "classifier on %d lung slices %s" % (
+        verdict.get("lung_slices_used", 0), " / ".join("%s %.2f" % kv for kv in q.items()))
+    return "; ".join([head] + parts)
+
+
+__all__ = ["LIKELIHOOD_RATIOS", "explain", "LesionPattern", "lesion_pattern", "cancer_evidence", "decide",
            "lung_slice_selection"]

@@ -58,6 +58,7 @@ NOTE_ATTR = "ChestCTMTL.note"
 STATUS_UNREVIEWED = "unreviewed"
 
 PREDICTED_CLASS_ATTR = "ChestCTMTL.predictedClass"
+VERDICT_EVIDENCE_ATTR = "ChestCTMTL.verdictEvidence"  # verdict.explain(): what moved the verdict
 PROBABILITY_ATTR_PREFIX = "ChestCTMTL.probability."
 MODEL_ID_ATTR = "ChestCTMTL.modelID"
 MODEL_VERSION_ATTR = "ChestCTMTL.modelVersion"
@@ -535,7 +536,10 @@ def _build_tables(scene, result: AnalysisResult, findings: List[Finding], base: 
 
 
 def _classification_attributes(result: AnalysisResult) -> Dict[str, str]:
+    from ChestCTMTLLib.verdict import explain
+
     attributes = {PREDICTED_CLASS_ATTR: result.predicted_class,
+                  VERDICT_EVIDENCE_ATTR: explain(result.verdict),
                   MODEL_ID_ATTR: result.model.id, MODEL_VERSION_ATTR: result.model.version,
                   MODEL_SHA256_ATTR: result.model.sha256}
     for name in CLASS_NAMES:

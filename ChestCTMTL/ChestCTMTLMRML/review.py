@@ -242,6 +242,7 @@ def _folder_attributes(scene, results: nodes.ResultNodes) -> dict:
         except ValueError:
             probabilities[name] = float("nan")
     return {"predicted_class": attr(nodes.PREDICTED_CLASS_ATTR), "probabilities": probabilities,
+            "verdict_evidence": attr(nodes.VERDICT_EVIDENCE_ATTR),
             "model": {"id": attr(nodes.MODEL_ID_ATTR), "version": attr(nodes.MODEL_VERSION_ATTR),
                       "sha256": attr(nodes.MODEL_SHA256_ATTR)}}
 
@@ -288,6 +289,7 @@ def results_summary(scene, volume_node) -> Optional[dict]:
                 for roi in results.rois]
     findings.sort(key=lambda f: (-f["score"], f["id"]))
     return {"predicted_class": info["predicted_class"], "probabilities": info["probabilities"],
+            "verdict_evidence": info["verdict_evidence"],
             "model_id": info["model"]["id"], "model_version": info["model"]["version"],
             "model": info["model"], "findings": findings,
             "segmentation": results.segmentation, "lungs": results.lungs,
@@ -321,6 +323,7 @@ def review_report(scene, volume_node) -> dict:
         "volume": {"name": volume_node.GetName(),
                    "source_path": storage.GetFileName() if storage is not None else None},
         "verdict": summary["predicted_class"],
+        "verdict_evidence": summary.get("verdict_evidence", ""),
         "probabilities": {k: round(v, 6) for k, v in summary["probabilities"].items()},
         "lesion_volumes_mm3": {k: round(v, 1) for k, v in per_type.items()},
         "lung_volumes_ml": None if per_lung is None else {k: round(v, 1) for k, v in per_lung.items()},
@@ -333,8 +336,10 @@ def review_report(scene, volume_node) -> dict:
 def report_markdown(report: dict) -> str:
     lines = ["# ChestCTMTL review: {}".format(report["volume"]["name"]), "",
              "**Research use only - not for diagnosis.** Reviewed {}.".format(report["date"]), "",
-             "## Classification", "", "Verdict: **{}**".format(report["verdict"]), "",
-             "| class | probability |", "|---|---|"]
+             "## Classification", "", "Verdict: **{}**".format(report["verdict"]), ""]
+    if report.get("verdict_evidence"):
+        lines += ["Why: {}".format(report["verdict_evidence"]), ""]
+    lines += ["| class | probability |", "|---|---|"]
     for name, p in report["probabilities"].items():
         lines.append("| {} | {:.1%} |".format(name, p))
     lines += ["", "## Lesion volumes (from the reviewed segmentation)", "",
