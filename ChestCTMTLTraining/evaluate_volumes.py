@@ -522,11 +522,9 @@ def plot_scan(result, record: dict, lesions: Optional[List[dict]], score_thresho
 
 # --------------------------------------------------------------------------- files
 def _fmt(v, digits=3):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "nan" if v != v else ("%.*f" % (digits, v))
-    return str(v)
+    from .modelcard import _f
+
+    return "" if v is None else _f(v, digits)
 
 
 def write_scans_tsv(records: List[dict], path: Path) -> None:

@@ -60,6 +60,15 @@ def test_case_folder_contents(written, small_ct):
     assert [p.name for p in case.parent.iterdir()] == ["small"], "no temporary leftovers"
 
 
+def _read_segmentation(scene, path):
+    """A .seg.nrrd read back by Slicer's own segmentation storage node."""
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "read")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(seg)
+    return seg
+
+
 def test_lungs_file_round_trips_with_the_input_geometry(written_lungs, small_ct, fresh):
     case, result = written_lungs
     expected = set(files.CASE_FILES) | {files.LUNGS_FILE, "findings.schema.tsv", "small.mrb",
@@ -67,10 +76,7 @@ def test_lungs_file_round_trips_with_the_input_geometry(written_lungs, small_ct,
     assert set(os.listdir(case)) == expected
     scene = fresh.scene
     reference = nodes.volume_node_from_ct(scene, small_ct, "reference")
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "read")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(case / files.LUNGS_FILE))
-    assert storage.ReadData(seg)
+    seg = _read_segmentation(scene, case / files.LUNGS_FILE)
     segmentation = seg.GetSegmentation()
     assert list(segmentation.GetSegmentIDs()) == ["right lung", "left lung"]
     for value, name in ((1, "right lung"), (2, "left lung")):
@@ -113,10 +119,7 @@ def test_segmentation_file_round_trips(written, small_ct, fresh):
     case, result = written
     scene = fresh.scene
     reference = nodes.volume_node_from_ct(scene, small_ct, "reference")
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "read")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(case / files.SEGMENTATION_FILE))
-    assert storage.ReadData(seg)
+    seg = _read_segmentation(scene, case / files.SEGMENTATION_FILE)
     segmentation = seg.GetSegmentation()
     assert sorted(segmentation.GetSegmentIDs()) == sorted(result.lesion_masks)
     for lesion_type, mask in result.lesion_masks.items():

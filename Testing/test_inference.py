@@ -371,19 +371,24 @@ def test_cancel_before_the_start_does_no_work(nodule_crop, loaded, tmp_path):
     assert seen == []
 
 
+def _assert_same_results(a, b, lungs: bool) -> None:
+    """Every output of two analyses is identical (masks, reconstruction, slices, lungs, findings)."""
+    for name in LESION_TYPES:
+        np.testing.assert_array_equal(a.lesion_masks[name], b.lesion_masks[name])
+    np.testing.assert_array_equal(a.reconstruction_hu, b.reconstruction_hu)
+    np.testing.assert_array_equal(a.slice_probabilities, b.slice_probabilities)
+    if lungs:
+        np.testing.assert_array_equal(a.lung_labels, b.lung_labels)
+        assert a.verdict == b.verdict
+    assert [f.row() for f in a.findings] == [f.row() for f in b.findings]
+
+
 @pytest.mark.parametrize("lungs", [False, True], ids=["lung-blind", "lung-aware"])
 def test_cpu_runs_are_deterministic(nodule_crop, loaded, axial, lungs):
     first = axial(lungs)
     again = analyze(nodule_crop, loaded, device="cpu", score_threshold=LOW_SCORE, lungs=lungs)
-    for name in LESION_TYPES:
-        np.testing.assert_array_equal(again.lesion_masks[name], first.lesion_masks[name])
-    np.testing.assert_array_equal(again.reconstruction_hu, first.reconstruction_hu)
-    np.testing.assert_array_equal(again.slice_probabilities, first.slice_probabilities)
-    if lungs:
-        np.testing.assert_array_equal(again.lung_labels, first.lung_labels)
-        assert again.verdict == first.verdict
+    _assert_same_results(again, first, lungs)
     assert again.class_probabilities == first.class_probabilities
-    assert [f.row() for f in again.findings] == [f.row() for f in first.findings]
 
 
 @pytest.mark.parametrize("lungs", [False, True], ids=["lung-blind", "lung-aware"])
@@ -396,14 +401,7 @@ def test_thread_count_changes_speed_not_results(nodule_crop, loaded, lungs):
     one = analyze(vol, loaded, device="cpu", num_threads=1, score_threshold=LOW_SCORE, lungs=lungs)
     two = analyze(vol, loaded, device="cpu", num_threads=2, score_threshold=LOW_SCORE, lungs=lungs)
     assert torch.get_num_threads() == before
-    for name in LESION_TYPES:
-        np.testing.assert_array_equal(one.lesion_masks[name], two.lesion_masks[name])
-    np.testing.assert_array_equal(one.reconstruction_hu, two.reconstruction_hu)
-    np.testing.assert_array_equal(one.slice_probabilities, two.slice_probabilities)
-    if lungs:
-        np.testing.assert_array_equal(one.lung_labels, two.lung_labels)
-        assert one.verdict == two.verdict
-    assert [f.row() for f in one.findings] == [f.row() for f in two.findings]
+    _assert_same_results(one, two, lungs)
 
 
 # --------------------------------------------------------------------------- options, once

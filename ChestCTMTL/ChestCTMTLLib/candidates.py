@@ -306,12 +306,7 @@ def zone_candidates(infection: np.ndarray, prob: np.ndarray, lungs: Optional[Lun
     voxel_ml = float(np.prod(sp)) / 1000.0
     out: List[Candidate] = []
     for side in (RIGHT, LEFT):
-        ext = lungs.slice_extent(side)
-        if ext is None:
-            continue
-        edges = np.linspace(ext[0], ext[1] + 1, 4)
-        for zi, zone in enumerate(("lower", "middle", "upper")):
-            k0, k1 = int(round(edges[zi])), int(round(edges[zi + 1]))
+        for zone, k0, k1 in lungs.zone_slices(side):
             sub = infection[k0:k1] & (lungs.labels[k0:k1] == side)
             n = int(sub.sum())
             if n == 0 or n * voxel_ml < min_zone_ml:

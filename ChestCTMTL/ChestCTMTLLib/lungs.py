@@ -91,14 +91,27 @@ class LungMask:
         ks = np.nonzero(self._stats()["per_slice"][:, label])[0]
         return (int(ks[0]), int(ks[-1])) if ks.size else None
 
-    def zone_of(self, label: int, k: float) -> str:
-        """"upper" / "middle" / "lower" third of lung ``label``'s cranio-caudal extent at slice k."""
+    def zone_slices(self, label: int):
+        """[(zone, k0, k1)] - the lower, middle and upper third of lung ``label``'s slices
+        (half-open, canonical slices run inferior -> superior); [] when the lung is absent."""
         ext = self.slice_extent(label)
         if ext is None:
+            return []
+        edges = np.linspace(ext[0], ext[1] + 1, 4)
+        return [(zone, int(round(edges[i])), int(round(edges[i + 1])))
+                for i, zone in enumerate(("lower", "middle", "upper"))]
+
+    def zone_of(self, label: int, k: float) -> str:
+        """The zone (:meth:`zone_slices`) of lung ``label`` holding slice ``k`` (the nearest one
+        for a slice beyond the lung; "middle" when the lung is absent)."""
+        zones = self.zone_slices(label)
+        if not zones:
             return "middle"
-        lo, hi = ext
-        f = (float(k) - lo) / max(1.0, float(hi - lo))  # 0 at the base, 1 at the apex
-        return "lower" if f < 1.0 / 3.0 else ("middle" if f < 2.0 / 3.0 else "upper")
+        k = int(round(float(k)))
+        for zone, k0, k1 in zones:
+            if k0 <= k < k1:
+                return zone
+        return zones[0][0] if k < zones[0][1] else zones[-1][0]
 
 
 # --------------------------------------------------------------------------- grid helpers

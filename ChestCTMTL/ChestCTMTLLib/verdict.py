@@ -102,12 +102,7 @@ def lesion_pattern(lesion: np.ndarray, lungs: Optional[LungMask], spacing: Seque
         name = LUNG_NAMES[side]
         in_side = lesion & (lungs.labels == side)
         burden[name] = float(in_side.sum()) * voxel_ml
-        ext = lungs.slice_extent(side)
-        if ext is None:
-            continue
-        edges = np.linspace(ext[0], ext[1] + 1, 4)
-        for zi, zone in enumerate(("lower", "middle", "upper")):
-            k0, k1 = int(round(edges[zi])), int(round(edges[zi + 1]))
+        for zone, k0, k1 in lungs.zone_slices(side):
             zones["%s %s" % (lung_side_name(side), zone)] = float(in_side[k0:k1].sum()) * voxel_ml
     diffuse = bool(burden) and min(burden.values()) >= float(v["diffuse_min_ml_per_lung"])
     pattern = LesionPattern(burden, zones, diffuse)
