@@ -59,6 +59,11 @@ def test_best_nodule_finding_lies_on_the_expert_tumour(bundled, case):
         f"[{np.round(lo, 1)}, {np.round(hi, 1)}]")
     # The segmentation overlaps the tumour too.
     assert result.lesion_masks["nodule-mass"][label.array > 0].any()
+    # Lung involvement is measured on the same lungs the report states, and is small here.
+    inv = result.involvement
+    for name in ("right lung", "left lung"):
+        assert inv["lungs"][name]["volume_ml"] == pytest.approx(result.lungs[name]["volume_ml"], abs=0.1)
+    assert 0.0 <= inv["both"]["percent"] < 5.0
 
 
 def test_card_covid_dice_is_reproduced_by_the_evaluation_command(bundled, data_dir, tmp_path):

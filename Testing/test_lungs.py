@@ -18,7 +18,7 @@ from ChestCTMTLLib.orientation import axial_view
 from ChestCTMTLLib.volume_io import read_ct
 
 
-def phantom(slice_mm: float = 2.0, px_mm: float = 1.0, size: int = 256):
+def phantom(slice_mm: float = 2.0, px_mm: float = 1.0, size: int = 256, lung_hu: int = -850):
     """A canonical (slices inferior->superior, rows A->P, cols R->L) chest phantom in HU.
 
     Soft-tissue body (40 HU) in air; two lung ellipsoids (-850 HU) touching nothing; a trachea
@@ -37,8 +37,8 @@ def phantom(slice_mm: float = 2.0, px_mm: float = 1.0, size: int = 256):
     hu[body] = 40
     right = ((zz - 170) / 90) ** 2 + ((yy - cy) / 50) ** 2 + ((xx - (cx - 45)) / 35) ** 2 <= 1
     left = ((zz - 170) / 90) ** 2 + ((yy - cy) / 50) ** 2 + ((xx - (cx + 45)) / 32) ** 2 <= 1
-    hu[right] = -850
-    hu[left] = -850
+    hu[right] = lung_hu
+    hu[left] = lung_hu
     trachea = ((yy - (cy - 15)) ** 2 + (xx - cx) ** 2 <= 8 ** 2) & (zz >= 200)
     for sign in (-1, 1):  # main bronchi from the carina into each lung
         t = np.clip((200 - zz) / 25.0, 0, 1)
@@ -54,9 +54,12 @@ def phantom(slice_mm: float = 2.0, px_mm: float = 1.0, size: int = 256):
                                           "bowel": bowel, "nodule": nodule}
 
 
-@pytest.mark.parametrize("slice_mm,px_mm,size", [(2.0, 1.0, 256), (5.0, 0.7, 384), (8.0, 1.4, 192)])
-def test_phantom_known_answer(slice_mm, px_mm, size):
-    hu, spacing, truth = phantom(slice_mm, px_mm, size)
+@pytest.mark.parametrize("slice_mm,px_mm,size,lung_hu", [(2.0, 1.0, 256, -850), (5.0, 0.7, 384, -850),
+                                                        (8.0, 1.4, 192, -850),
+                                                        (2.0, 1.0, 256, -960)],  # emphysema
+                         ids=["2mm-256", "5mm-384", "8mm-192", "emphysema"])
+def test_phantom_known_answer(slice_mm, px_mm, size, lung_hu):
+    hu, spacing, truth = phantom(slice_mm, px_mm, size, lung_hu)
     mask = L.segment_lungs(hu, spacing)
     assert mask.found and mask.labels.shape == hu.shape
     lab = mask.labels
@@ -174,3 +177,4 @@ def test_a_volume_without_lungs_lists_no_lesion(tmp_path):
     assert res.lungs["found"] is False and "no lungs" in res.lungs["warning"]
     assert res.findings == [] and not res.lung_labels.any()
     assert all(not m.any() for m in res.lesion_masks.values())
+    assert res.involvement["both"]["percent"] is None and res.involvement["reason"]

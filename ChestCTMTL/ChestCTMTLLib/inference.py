@@ -197,8 +197,32 @@ def default_batch_size(device: str) -> int:
 
 
 # --------------------------------------------------------------------------- findings
-def _candidate_to_finding(cand, fid: str, view: AxialView, volume: CTVolume) -> Finding:
-    """A canonical-grid candidate -> a Finding in RAS on the input grid."""
+def _measure(cand, view: AxialView, volume: CTVolume, canon_hu: np.ndarray) -> dict:
+    """Radiologist's measurements of a nodule/mass candidate (:mod:`.measurements`), with the
+    axes' end points also in RAS (for markups lines and pictures)."""
+    from .measurements import lung_rads_size_category, measure_nodule
+
+    m = measure_nodule(cand.mask, view.spacing, canon_hu[cand.bbox])
+    offset = np.array([s.start for s in cand.bbox], dtype=np.float64)
+    for key in ("long_axis_points", "short_axis_points"):
+        pts = m.get(key)
+        if pts:
+            canonical = np.asarray(pts, dtype=np.float64) + offset
+            m[key] = canonical.tolist()
+            m[key.replace("_points", "_ras")] = [
+                [round(float(v), 2) for v in p]
+                for p in volume.ijk_to_ras_points(view.canonical_to_ijk(canonical))]
+    if m.get("axial_slice") is not None:
+        m["axial_slice"] = int(m["axial_slice"] + offset[0])
+    m["size_category"] = lung_rads_size_category(m.get("mean_diameter_mm"), m.get("composition"),
+                                                 m.get("solid_component_mm"))
+    return m
+
+
+def _candidate_to_finding(cand, fid: str, view: AxialView, volume: CTVolume,
+                          canon_hu: Optional[np.ndarray] = None) -> Finding:
+    """A canonical-grid candidate -> a Finding in RAS on the input grid (nodule/mass findings
+    measured when ``canon_hu`` is given)."""
     from .candidates import lung_side_name
 
     idx = cand.voxel_indices()
@@ -217,7 +241,9 @@ def _candidate_to_finding(cand, fid: str, view: AxialView, volume: CTVolume) -> 
         ijk_min=[int(v) for v in ijk_min], ijk_max=[int(v) for v in ijk_max],
         volume_mm3=float(f.get("volume_mm3", 0.0)), lung=lung_side_name(cand.lung),
         zone=cand.zone, diameter_mm=float(diameter),
-        features={k: float(v) for k, v in f.items() if isinstance(v, (int, float))})
+        features={k: float(v) for k, v in f.items() if isinstance(v, (int, float))},
+        measurements=(_measure(cand, view, volume, canon_hu)
+                      if canon_hu is not None and cand.type == "nodule-mass" else {}))
 
 
 def findings_from_slice_boxes(boxes: Iterable[SliceBox], view: AxialView, volume: CTVolume,
@@ -270,6 +296,7 @@ class LesionStage:
     zones: list  # candidates.Candidate per lung zone
     pattern: object  # verdict.LesionPattern
     evidence_nodule: object  # the nodule Candidate counted as evidence for cancer, or None
+    infection: Optional[np.ndarray] = None  # bool on ``crop``: what the zones and involvement count
 
 
 def _lesion_crop(lungs: Optional[LungMask], shape, margin) -> tuple:
@@ -388,7 +415,7 @@ def lesion_stage(outputs: NetworkOutputs, canon_hu: np.ndarray, options: Analysi
     for c in list(nodules) + list(zones):
         shifted(c, offset)
     timings["candidates"] = timings.get("candidates", 0.0) + time.perf_counter() - t
-    return LesionStage(lungs, crop, masks, nodules, zones, pattern, evidence)
+    return LesionStage(lungs, crop, masks, nodules, zones, pattern, evidence, infection)
 
 
 def _islands_touching(mask: np.ndarray, near: np.ndarray) -> np.ndarray:
@@ -453,6 +480,21 @@ class Analyzer:
         finally:
             torch.set_num_threads(previous)
 
+    @staticmethod
+    def _involvement(stage: "LesionStage", canon: np.ndarray) -> dict:
+        """Per lung and zone: how much is involved, by ground glass and consolidation."""
+        from .involvement import lung_involvement
+
+        lungs = stage.lungs
+        crop = stage.crop
+        lesion = stage.infection if stage.infection is not None else \
+            np.zeros(tuple(c.stop - c.start for c in crop), bool)
+        view = LungMask(lungs.labels[crop], lungs.spacing, lungs.airway_ml, lungs.split)
+        source = ("HU bands inside the lesion the zone findings count (the model's infection "
+                  "segment%s)" % (" plus the nodule-type islands of the diffuse process"
+                                  if stage.pattern.diffuse else ""))
+        return lung_involvement(view, lesion, canon[crop], lungs.spacing, source=source)
+
     def _apply(self, volume, progress, cancel) -> AnalysisResult:
         from .verdict import decide, lung_slice_selection
 
@@ -485,6 +527,7 @@ class Analyzer:
         lung_labels = None
         findings: List[Finding] = []
         lungs_report: dict = {}
+        involvement: dict = {}
         t = time.perf_counter()
         stage = None
         if opts.lungs:
@@ -506,11 +549,12 @@ class Analyzer:
                                                "and the verdict rests on the classifier alone")
                 for name, ml in stage.lungs.volume_ml().items():
                     lungs_report[name] = {"volume_ml": round(ml, 1)}
+                involvement = self._involvement(stage, canon)
             listed = [c for c in stage.nodules if c.kept and c.score >= self.score_threshold]
             listed += [z for z in stage.zones if z.kept and z.score >= self.score_threshold]
             listed.sort(key=lambda c: (-c.score, -c.features.get("volume_mm3", 0.0)))
             for n, cand in enumerate(listed, start=1):
-                findings.append(_candidate_to_finding(cand, "L%d" % n, view, volume))
+                findings.append(_candidate_to_finding(cand, "L%d" % n, view, volume, canon))
         else:
             thr = int(math.ceil(opts.seg_threshold * 255.0))
             for tname, prob in outputs.seg_prob.items():
@@ -562,7 +606,8 @@ class Analyzer:
             slice_probabilities=probs_arr, analysed_slices=analysed[order],
             lesion_masks=masks, reconstruction_hu=outputs.reconstruction_hu, findings=findings,
             model=loaded.identity, timings_s=timings, device=dev, slice_axis=int(view.perm[0]),
-            lung_labels=lung_labels, lungs=lungs_report, verdict=verdict)
+            lung_labels=lung_labels, lungs=lungs_report, verdict=verdict,
+            involvement=involvement)
         result.stage = stage  # canonical-grid details for evaluation (not serialised)
         prog(1.0, "Done")
         return result

@@ -19,7 +19,11 @@ FINDINGS_TSV_COLUMNS = (
     "id", "type", "score", "center_r", "center_a", "center_s",
     "size_r", "size_a", "size_s", "volume_mm3",
     "lung", "zone", "diameter_mm",
+    "long_axis_mm", "short_axis_mm", "mean_diameter_mm", "feret_diameter_mm", "composition",
+    "solid_component_mm", "size_category",
 )
+#: Columns that hold text (the rest are numbers; empty where a value does not apply).
+FINDINGS_TEXT_COLUMNS = ("id", "type", "lung", "zone", "composition", "size_category")
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Finding:
     zone: str = ""  # "upper" | "middle" | "lower" third of that lung
     diameter_mm: float = 0.0  # longest in-plane axis (nodules); equivalent sphere (zones)
     features: Dict[str, float] = field(default_factory=dict)
+    #: nodule/mass measurements (ChestCTMTLLib.measurements); empty for zone findings
+    measurements: Dict[str, object] = field(default_factory=dict)
 
     def row(self) -> dict:
         """One findings.tsv / report.json row, in FINDINGS_TSV_COLUMNS order."""
@@ -56,7 +62,24 @@ class Finding:
             "volume_mm3": round(float(self.volume_mm3), 1),
             "lung": self.lung, "zone": self.zone,
             "diameter_mm": round(float(self.diameter_mm), 1),
+            **self.measurement_row(),
         }
+
+    def measurement_row(self) -> dict:
+        """The measurement columns of findings.tsv ('' where a value does not apply)."""
+        m = self.measurements or {}
+        category = m.get("size_category") or {}
+        out = {}
+        for key in FINDINGS_TSV_COLUMNS[FINDINGS_TSV_COLUMNS.index("long_axis_mm"):]:
+            if key == "composition":
+                out[key] = m.get(key) or ""
+            elif key == "size_category":
+                out[key] = (category.get("category") or "") if isinstance(category, dict) \
+                    else str(category)
+            else:
+                v = m.get(key)
+                out[key] = "" if v is None else round(float(v), 1)
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +114,7 @@ class AnalysisResult:
     lung_labels: Optional[np.ndarray] = None  # uint8 (k, j, i): 0, 1 right lung, 2 left lung
     lungs: dict = field(default_factory=dict)  # report.json "lungs" (volumes, method)
     verdict: dict = field(default_factory=dict)  # report.json "verdict" (evidence, calibration)
+    involvement: dict = field(default_factory=dict)  # report.json "involvement" (per lung/zone)
 
     def report_dict(self, input_path: Optional[str] = None) -> dict:
         """The report.json structure (see README)."""
@@ -107,6 +131,8 @@ class AnalysisResult:
             "device": self.device,
             "lungs": self.lungs or None,
             "verdict": self.verdict or None,
+            "involvement": self.involvement or None,
             "finding_features": {f.id: {k: round(float(v), 4) for k, v in f.features.items()}
                                  for f in self.findings},
+            "finding_measurements": {f.id: f.measurements for f in self.findings if f.measurements},
         }

@@ -30,7 +30,8 @@ from vtk.util import numpy_support
 
 from ChestCTMTLLib.errors import ChestCTMTLError, InputError
 from ChestCTMTLLib.lungs import LUNG_NAMES
-from ChestCTMTLLib.results import CLASS_NAMES, FINDINGS_TSV_COLUMNS, AnalysisResult, Finding
+from ChestCTMTLLib.results import (CLASS_NAMES, FINDINGS_TEXT_COLUMNS, FINDINGS_TSV_COLUMNS,
+                                   AnalysisResult, Finding)
 from ChestCTMTLLib.volume import CTVolume
 
 from . import terminology
@@ -65,7 +66,7 @@ MODEL_VERSION_ATTR = "ChestCTMTL.modelVersion"
 MODEL_SHA256_ATTR = "ChestCTMTL.modelSHA256"
 
 TABLE_EXTRA_COLUMNS = ("status", "note")
-_STRING_COLUMNS = ("id", "type", "lung", "zone", "status", "note")
+_STRING_COLUMNS = FINDINGS_TEXT_COLUMNS + ("status", "note")
 
 #: Slicer's "CT-Lung" display preset (Volumes module), as window, level in HU.
 CT_LUNG_WINDOW_LEVEL = (1400.0, -500.0)
@@ -499,7 +500,10 @@ def _add_columns(table_node, columns: Iterable[str], rows: List[dict]) -> None:
         array.SetName(column)
         for row in rows:
             value = row.get(column, "")
-            array.InsertNextValue(str(value) if isinstance(array, vtk.vtkStringArray) else float(value))
+            if isinstance(array, vtk.vtkStringArray):
+                array.InsertNextValue(str(value))
+            else:  # a number; a measurement that does not apply ("") is NaN
+                array.InsertNextValue(float("nan") if value in ("", None) else float(value))
         table.AddColumn(array)
     table_node.Modified()
 
