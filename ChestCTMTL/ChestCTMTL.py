@@ -442,7 +442,14 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.verdictLabel.text = "<b>{}</b> (model {} v{}) - research use only".format(
                 CLASS_LABELS.get(verdict, verdict or "?"), summary.get("model_id", "?"),
                 summary.get("model_version", "?"))
-            self.ui.verdictLabel.toolTip = summary.get("verdict_evidence") or ""
+            tooltip = summary.get("verdict_evidence") or ""
+            from ChestCTMTLMRML import review
+
+            involved = review.involvement_line(summary.get("involvement"))
+            if involved:  # from the analysis; edits to the segmentation do not change it
+                self.ui.verdictLabel.text += "<br>Lungs involved: {}".format(involved)
+                tooltip += ("\n" if tooltip else "") + "Lungs involved (from the analysis): " + involved
+            self.ui.verdictLabel.toolTip = tooltip
             for name, bar in bars.items():
                 bar.value = int(round(100 * float(summary["probabilities"].get(name, 0.0))))
             findings = summary["findings"]

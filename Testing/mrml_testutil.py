@@ -93,3 +93,46 @@ def with_lungs(result: AnalysisResult) -> AnalysisResult:
         finding.lung, finding.zone = ("right", "upper") if number % 2 == 0 else ("left", "lower")
         finding.diameter_mm = 4.0 + number
     return result
+
+
+def with_measurements(result: AnalysisResult) -> AnalysisResult:
+    """``result`` with known measurements on its nodule-mass findings (axes across the box's
+    middle slice: long along i, short along j, end points at voxel centres) and a known lung
+    involvement, as inference and involvement.lung_involvement produce them."""
+    from ChestCTMTLLib.orientation import axial_view
+    from ChestCTMTLLib.preview import ijk_to_canonical
+
+    volume = result.volume
+    view = axial_view(volume.ijk_to_ras, volume.array.shape)
+    for finding in result.findings:
+        if finding.type != "nodule-mass":
+            continue
+        lo, hi = np.asarray(finding.ijk_min, float), np.asarray(finding.ijk_max, float)
+        mid = np.rint((lo + hi) / 2.0)
+        ends = {"long": [[lo[0], mid[1], mid[2]], [hi[0], mid[1], mid[2]]],
+                "short": [[mid[0], lo[1], mid[2]], [mid[0], hi[1], mid[2]]]}
+        m = {}
+        for which, ijk in ends.items():
+            ras = volume.ijk_to_ras_points(np.asarray(ijk))
+            m[which + "_axis_mm"] = round(float(np.linalg.norm(ras[1] - ras[0])), 1)
+            m[which + "_axis_ras"] = [[round(float(v), 2) for v in p] for p in ras]
+            m[which + "_axis_points"] = ijk_to_canonical(view, ijk).tolist()
+        if m["long_axis_mm"] < m["short_axis_mm"]:  # the long axis is the longer one
+            for key in ("_axis_mm", "_axis_ras", "_axis_points"):
+                m["long" + key], m["short" + key] = m["short" + key], m["long" + key]
+        m.update(mean_diameter_mm=round((m["long_axis_mm"] + m["short_axis_mm"]) / 2.0, 1),
+                 feret_diameter_mm=m["long_axis_mm"] + 0.4, composition="part-solid",
+                 solid_component_mm=2.5,
+                 size_category={"category": "4B",
+                                "label": "research aid \u2014 not a Lung-RADS assessment",
+                                "rule": "test"})
+        finding.measurements = m
+    result.involvement = {
+        "method": "test",
+        "lungs": {"right lung": {"volume_ml": 2500.0, "lesion_ml": 70.0, "percent": 2.8,
+                                 "ground_glass_ml": 50.0, "consolidation_ml": 20.0, "zones": {}},
+                  "left lung": {"volume_ml": 2000.0, "lesion_ml": 150.0, "percent": 7.5,
+                                "ground_glass_ml": 91.0, "consolidation_ml": 35.0, "zones": {}}},
+        "both": {"volume_ml": 4500.0, "lesion_ml": 220.0, "percent": 4.89,
+                 "ground_glass_ml": 141.0, "consolidation_ml": 55.0}}
+    return result

@@ -32,7 +32,7 @@ from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES  # noqa: E402
 from ChestCTMTLMRML import headless, nodes, review  # noqa: E402
 
 import ChestCTMTL as module  # noqa: E402
-from mrml_testutil import synthetic_result, with_lungs  # noqa: E402
+from mrml_testutil import synthetic_result, with_lungs, with_measurements  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_FILE = REPO / "ChestCTMTL" / "ChestCTMTL.py"
@@ -593,6 +593,60 @@ def test_report_has_lung_volumes_that_follow_an_edited_lung_segmentation(scene, 
     assert report2["lung_volumes_ml"]["left lung"] == pytest.approx(expected["left lung"], abs=0.05)
     np.testing.assert_array_equal(nodes.segment_mask_array(lungs, "left lung", volume),
                                   result.lung_labels == 2)
+
+
+def test_summary_and_report_carry_involvement_and_measurements(scene, lidc_files, tmp_path):
+    volume = load_slices(lidc_files, 60, 6, "LIDC measured")
+    logic = module.ChestCTMTLLogic()
+    result = with_measurements(with_lungs(synthetic_result(logic.volumeToCT(volume))))
+    result_nodes = logic.createResultNodes(volume, result)
+    assert len(result_nodes.axes) == 2
+    summary = logic.resultsSummary(volume)
+    assert summary["involvement"] == result.involvement
+    assert review.involvement_line(summary["involvement"]) == \
+        "right 2.8 %, left 7.5 % (ground glass 141 mL, consolidation 55 mL)"
+    nodule = next(f for f in result.findings if f.type == "nodule-mass")
+    m = nodule.measurements
+    by_id = {f["id"]: f for f in summary["findings"]}
+    assert by_id[nodule.id]["long_axis_mm"] == pytest.approx(m["long_axis_mm"])
+    assert by_id[nodule.id]["composition"] == "part-solid"
+    assert by_id[nodule.id]["size_category"] == "4B"
+    zone = next(f for f in result.findings if f.type != "nodule-mass")
+    assert by_id[zone.id]["long_axis_mm"] is None and by_id[zone.id]["composition"] == ""
+
+    paths = logic.saveReview(volume, tmp_path / "measured.mrb")
+    report = json.loads(paths["json"].read_text())
+    assert report["involvement"] == result.involvement
+    findings = {f["id"]: f for f in report["findings"]}
+    for key in ("long_axis_mm", "short_axis_mm", "mean_diameter_mm", "solid_component_mm"):
+        assert findings[nodule.id][key] == pytest.approx(m[key], abs=0.05)
+    assert findings[nodule.id]["size_category"] == "4B"
+    assert findings[nodule.id]["measurements"].startswith("long {:.1f} mm".format(m["long_axis_mm"]))
+    assert findings[zone.id]["mean_diameter_mm"] is None
+    md = paths["markdown"].read_text()
+    assert "## Lung involvement (from the analysis, not recomputed from edits)" in md
+    assert "| right lung | 2500.0 | 70.0 | 2.8 % | 50.0 | 20.0 |" in md
+    assert "| {} | {:.1f} | {:.1f} |".format(nodule.id, m["long_axis_mm"], m["short_axis_mm"]) in md
+    assert "not a Lung-RADS assessment" in md
+
+    # after save, close and load: lines, description and involvement come back
+    scene.Clear(False)
+    assert scene.ReadFromMRB(str(paths["mrb"]))
+    logic.loadReview()
+    loaded = slicer.util.getFirstNodeByClassByName("vtkMRMLScalarVolumeNode", "LIDC measured")
+    again = logic.resultNodes(loaded)
+    assert sorted(a.GetName() for a in again.axes) == sorted(
+        [nodule.id + " long axis", nodule.id + " short axis"])
+    roi = next(r for r in again.rois if r.GetAttribute(nodes.ID_ATTR) == nodule.id)
+    assert roi.GetDescription() == findings[nodule.id]["measurements"]
+    assert logic.resultsSummary(loaded)["involvement"] == result.involvement
+    logic.setFindingStatus(roi, "rejected")  # the axes take the finding's review colour
+    for axis in again.axes:
+        assert axis.GetDisplayNode().GetColor() == pytest.approx(review.STATUS_COLORS["rejected"])
+
+    logic.createResultNodes(loaded, synthetic_result(logic.volumeToCT(loaded)), replace=True)
+    assert logic.resultsSummary(loaded)["involvement"] is None
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 0
 
 
 def test_save_review_without_results_writes_nothing(scene, lidc_files, tmp_path):

@@ -15,7 +15,8 @@ vtk = pytest.importorskip("vtk")
 from ChestCTMTLLib.results import CLASS_NAMES, FINDINGS_TSV_COLUMNS  # noqa: E402
 from ChestCTMTLLib.volume_io import read_ct  # noqa: E402
 from ChestCTMTLMRML import headless, nodes, terminology  # noqa: E402
-from mrml_testutil import box_finding, synthetic_result, with_lungs  # noqa: E402
+from mrml_testutil import (box_finding, synthetic_result, with_lungs,  # noqa: E402
+                           with_measurements)
 
 
 
@@ -192,6 +193,91 @@ def test_failure_leaves_the_scene_as_it_was(scene, small_ct, monkeypatch, fail_a
     assert _snapshot(scene) == snapshot, "no half-made node (a lungs node included) may remain"
     assert all(node.GetScene() is scene for node in previous.data_nodes())
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2  # the previous two
+
+
+def _line_points(line):
+    return np.array([line.GetNthControlPointPosition(n)
+                     for n in range(line.GetNumberOfControlPoints())])
+
+
+def test_nodule_axes_become_locked_lines_and_roi_descriptions(scene, small_ct):
+    import json
+
+    volume = nodes.volume_node_from_ct(scene, small_ct, "small")
+    result = with_measurements(synthetic_result(small_ct))
+    nodule = next(f for f in result.findings if f.type == "nodule-mass")
+    made = nodes.create_result_nodes(scene, volume, result)
+    sh = scene.GetSubjectHierarchyNode()
+    assert [a.GetName() for a in made.axes] == [nodule.id + " long axis", nodule.id + " short axis"]
+    for line, which in zip(made.axes, ("long", "short")):
+        assert line.IsA("vtkMRMLMarkupsLineNode") and line.GetLocked()
+        assert line.GetNumberOfControlPoints() == 2
+        np.testing.assert_allclose(_line_points(line), nodule.measurements[which + "_axis_ras"],
+                                   atol=1e-6)
+        assert line.GetLineLengthWorld() == pytest.approx(nodule.measurements[which + "_axis_mm"],
+                                                          abs=0.06)
+        assert line.GetAttribute(nodes.ROLE_ATTR) == nodes.ROLE_AXIS
+        assert line.GetAttribute(nodes.ID_ATTR) == nodule.id
+        assert line.GetAttribute(nodes.AXIS_ATTR) == which
+        assert line.GetNodeReference(nodes.INPUT_REFERENCE_ROLE) is volume
+        assert sh.GetItemParent(sh.GetItemByDataNode(line)) == made.folder_item
+    found = nodes.find_result_nodes(scene, volume)
+    assert [a.GetID() for a in found.axes] == [a.GetID() for a in made.axes]
+    assert [r.GetID() for r in found.rois] == [r.GetID() for r in made.rois]
+
+    rois = {r.GetAttribute(nodes.ID_ATTR): r for r in made.rois}
+    m = nodule.measurements
+    text = rois[nodule.id].GetDescription()
+    assert text == ("long {:.1f} mm \u00d7 short {:.1f} mm, mean {:.1f} mm, part-solid (solid "
+                    "2.5 mm), size band 4B (research aid \u2014 not a Lung-RADS assessment)"
+                    ).format(m["long_axis_mm"], m["short_axis_mm"], m["mean_diameter_mm"])
+    assert rois[nodule.id].GetAttribute(nodes.MEASUREMENTS_ATTR) == text
+    assert m["long_axis_mm"] > m["short_axis_mm"]
+    zone = next(f for f in result.findings if f.type != "nodule-mass")
+    assert not rois[zone.id].GetDescription(), "a zone finding has no measurements"
+    assert json.loads(sh.GetItemAttribute(made.folder_item, nodes.INVOLVEMENT_ATTR)) == \
+        result.involvement
+    assert nodes.involvement_of(scene, made) == result.involvement
+    table = made.table.GetTable()
+    assert table.GetValueByName(1, "composition").ToString() == "part-solid"
+    assert table.GetValueByName(1, "size_category").ToString() == "4B"
+
+    # replaced with the results; a failure keeps the previous lines; switched off by option
+    old = list(made.axes)
+    again = nodes.create_result_nodes(scene, volume, with_measurements(synthetic_result(small_ct)),
+                                      replace=True)
+    assert all(a.GetScene() is None for a in old) and len(again.axes) == 2
+    assert all(a.GetScene() is scene for a in again.axes)
+    snapshot = _snapshot(scene)
+    real = nodes._build_axes
+
+    def failing(*args, **kwargs):
+        real(*args, **kwargs)
+        raise RuntimeError("disk on fire")
+
+    nodes._build_axes = failing
+    try:
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            nodes.create_result_nodes(scene, volume,
+                                      with_measurements(synthetic_result(small_ct)), replace=True)
+    finally:
+        nodes._build_axes = real
+    assert _snapshot(scene) == snapshot
+    assert all(a.GetScene() is scene for a in again.axes)
+    off = nodes.create_result_nodes(scene, volume, with_measurements(synthetic_result(small_ct)),
+                                    replace=True, options=nodes.ResultOptions(measurements=False))
+    assert off.axes == [] and all(a.GetScene() is None for a in again.axes)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 0
+    assert {r.GetAttribute(nodes.ID_ATTR): r for r in off.rois}[nodule.id].GetDescription() == text
+    plain = nodes.create_result_nodes(scene, volume, synthetic_result(small_ct), replace=True)
+    assert plain.axes == [] and nodes.involvement_of(scene, plain) is None
+    nodes.remove_result_nodes(scene, again)  # already gone: harmless
+    with_axes = nodes.create_result_nodes(scene, volume,
+                                          with_measurements(synthetic_result(small_ct)),
+                                          replace=True)
+    nodes.remove_result_nodes(scene, nodes.find_result_nodes(scene, volume))
+    assert all(a.GetScene() is None for a in with_axes.axes)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 0
 
 
 def test_lungs_become_a_terminology_coded_segmentation(scene, small_ct):

@@ -15,6 +15,7 @@ pytest.importorskip("matplotlib")
 from matplotlib.image import imread  # noqa: E402
 
 from ChestCTMTLLib import preview  # noqa: E402
+from ChestCTMTLLib.orientation import axial_view  # noqa: E402
 from ChestCTMTLLib.results import AnalysisResult, Finding, ModelIdentity  # noqa: E402
 from ChestCTMTLLib.volume import CTVolume  # noqa: E402
 
@@ -363,3 +364,46 @@ def test_lung_preview_shows_the_right_lung_on_the_images_left(tmp_path, name):
         assert (fractions[:, 1] < 0.5).all(), (name, panel.kind)  # patient's right on the left
         if panel.kind != "coronal":
             assert (fractions[:, 0] < 0.5).all(), (name, panel.kind)  # anterior at the top
+
+
+def test_nodule_axes_and_measurements_are_drawn(tmp_path, flat_ct):
+    nodule = _finding("L1", "nodule-mass", 0.8, (20, 10, 3), (29, 17, 3))
+    zone = _finding("L2", "covid-infection", 0.6, (2, 25, 3), (8, 32, 3))
+    view = axial_view(LPS_IDENTITY, flat_ct.shape)
+    long_ijk = [[20, 13, 3], [29, 13, 3]]
+    short_ijk = [[24, 10, 3], [24, 17, 3]]
+    nodule.measurements = {
+        "long_axis_mm": 6.3, "short_axis_mm": 4.9, "mean_diameter_mm": 5.6,
+        "composition": "part-solid", "solid_component_mm": 2.0,
+        "size_category": {"category": "3", "label": "research aid", "rule": "test"},
+        "long_axis_points": preview.ijk_to_canonical(view, long_ijk).tolist(),
+        "short_axis_points": preview.ijk_to_canonical(view, short_ijk).tolist()}
+    result = _result(flat_ct, LPS_IDENTITY, {}, findings=[nodule, zone], analysed=range(6))
+    shown, image = _save(result, tmp_path, max_slices=1)
+    panel = shown.panels[0]
+    assert panel.slice.canonical == preview.ijk_to_canonical(view, long_ijk)[0, 0]
+    assert set(panel.axes) == {"L1"}, "a zone finding has no axes"
+    assert panel.measurements == {"L1": "6.3 \u00d7 4.9 mm, part-solid, 3", "L2": ""}
+    texts = [t.get_text() for t in panel.ct_axes.texts]
+    assert "L1 nodule-mass 0.80\n6.3 \u00d7 4.9 mm, part-solid, 3" in texts
+    assert "L2 covid-infection 0.60" in texts
+    for which in ("long", "short"):
+        (r0, c0), (r1, c1) = panel.axes["L1"][which]
+        hits = 0
+        for t in np.linspace(0.1, 0.9, 9):
+            r, c = r0 + t * (r1 - r0), c0 + t * (c1 - c0)
+            if abs(t - 0.5) < 0.15:
+                continue  # where the two axes cross
+            if np.allclose(_pixel(shown, image, panel.ct_axes, r, c), preview.AXIS_COLOR,
+                           atol=0.15):
+                hits += 1
+        assert hits >= 6, "{} axis not drawn in the axis colour".format(which)
+    # away from the axes (inside the box) the CT stays grey; the colour appears nowhere else
+    (r0, c0), _ = panel.axes["L1"]["long"]
+    assert _chroma(_pixel(shown, image, panel.ct_axes, r0 - 2, c0 + 1.5)) < 0.03
+    without = _result(flat_ct, LPS_IDENTITY, {}, findings=[zone], analysed=range(6))
+    (tmp_path / "plain").mkdir()
+    _, plain = _save(without, tmp_path / "plain", max_slices=1)
+    cyan = np.all(np.abs(plain - np.asarray(preview.AXIS_COLOR)) < 0.15, axis=-1)
+    assert not cyan.any()
+    assert np.all(np.abs(image - np.asarray(preview.AXIS_COLOR)) < 0.15, axis=-1).sum() > 10

@@ -54,6 +54,9 @@ from .volume_io import validate_ct
 
 ProgressCallback = Callable[[float, str], None]
 
+#: Nodule/mass findings measured per scan (best first; measuring is the costly part of a list).
+MAX_MEASURED = 10
+
 
 # --------------------------------------------------------------------------- helpers
 class _Progress:
@@ -553,8 +556,15 @@ class Analyzer:
             listed = [c for c in stage.nodules if c.kept and c.score >= self.score_threshold]
             listed += [z for z in stage.zones if z.kept and z.score >= self.score_threshold]
             listed.sort(key=lambda c: (-c.score, -c.features.get("volume_mm3", 0.0)))
+            # measured: what a radiologist would report - the nodules at the model's operating
+            # point, at most MAX_MEASURED of them (a list at threshold 0 is for FROC curves)
+            measured = 0
             for n, cand in enumerate(listed, start=1):
-                findings.append(_candidate_to_finding(cand, "L%d" % n, view, volume, canon))
+                measure = (cand.type == "nodule-mass" and measured < MAX_MEASURED
+                           and cand.score >= self.calibration.score_threshold)
+                measured += int(measure)
+                findings.append(_candidate_to_finding(cand, "L%d" % n, view, volume,
+                                                      canon if measure else None))
         else:
             thr = int(math.ceil(opts.seg_threshold * 255.0))
             for tname, prob in outputs.seg_prob.items():

@@ -56,6 +56,9 @@ DEFAULT_MAX_SLICES = 3
 #: Boxes beyond this many per slice are drawn without a label (an untrained or noisy model
 #: can report dozens; their labels would hide the image).
 MAX_LABELS_PER_SLICE = 6
+#: Colour of a nodule's long and short axis: a cyan no lesion type or lung outline uses.
+AXIS_COLOR = (0.0, 0.9, 1.0)
+AXIS_LINE_WIDTHS = {"long": 1.3, "short": 1.0}
 _BODY_HU = -500.0  # above this a pixel is patient (or table), below it is air
 
 
@@ -91,6 +94,11 @@ class PreviewPanel:
     recon_axes: Optional[object]
     #: finding id -> (label text, (row0, col0, row1, col1) inclusive canonical box)
     boxes: Dict[str, Tuple[str, Tuple[int, int, int, int]]] = field(default_factory=dict)
+    #: finding id -> {"long"|"short": ((row0, col0), (row1, col1))} canonical axis end points
+    axes: Dict[str, Dict[str, Tuple[Tuple[float, float], Tuple[float, float]]]] = \
+        field(default_factory=dict)
+    #: finding id -> its measurement line next to the box label ("" for none)
+    measurements: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,6 +132,45 @@ def finding_canonical_box(view: AxialView, finding: Finding) -> Tuple[np.ndarray
     """A finding's inclusive voxel box as inclusive canonical (slice, row, col) min and max."""
     corners = ijk_to_canonical(view, [finding.ijk_min, finding.ijk_max])
     return (np.rint(corners.min(axis=0)).astype(int), np.rint(corners.max(axis=0)).astype(int))
+
+
+def measurement_label(finding: Finding) -> str:
+    """"18.7 \u00d7 15.1 mm, part-solid, 4B" for a measured nodule; "" otherwise."""
+    m = finding.measurements or {}
+
+    def mm(key):
+        try:
+            value = float(m.get(key))
+        except (TypeError, ValueError):
+            return None
+        return None if value != value else value
+
+    parts = []
+    long_mm, short_mm = mm("long_axis_mm"), mm("short_axis_mm")
+    if long_mm is not None and short_mm is not None:
+        parts.append("{:.1f} \u00d7 {:.1f} mm".format(long_mm, short_mm))
+    elif long_mm is not None:
+        parts.append("{:.1f} mm".format(long_mm))
+    if m.get("composition"):
+        parts.append(str(m["composition"]))
+    category = m.get("size_category")
+    band = category.get("category") if isinstance(category, dict) else category
+    if band:
+        parts.append(str(band))
+    return ", ".join(parts)
+
+
+def finding_axes(finding: Finding) -> Dict[str, np.ndarray]:
+    """A nodule's measured axes as {"long"|"short": (2, 3) canonical (slice, row, col)}."""
+    out = {}
+    for which in ("long", "short"):
+        points = (finding.measurements or {}).get(which + "_axis_points")
+        if not points:
+            continue
+        array = np.asarray(points, dtype=np.float64)
+        if array.shape == (2, 3) and np.all(np.isfinite(array)):
+            out[which] = array
+    return out
 
 
 def _input_index(view: AxialView, canonical_slice: int) -> int:
@@ -375,8 +422,23 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
                                         linewidth=1.6))
             label = "{} {} {:.2f}".format(finding.id, finding.type, float(finding.score))
             panel.boxes[finding.id] = (label, box)
+            axes_of = finding_axes(finding)
+            for which, points in axes_of.items():
+                # solid on the slice it was measured on, dotted on a neighbouring one
+                on_measured = int(round(points[0, 0])) == s
+                ct_axes.plot(points[:, 2], points[:, 1], color=AXIS_COLOR,
+                             linewidth=AXIS_LINE_WIDTHS[which],
+                             linestyle="-" if on_measured else ":", solid_capstyle="butt",
+                             clip_on=True)
+                panel.axes.setdefault(finding.id, {})[which] = (
+                    (float(points[0, 1]), float(points[0, 2])),
+                    (float(points[1, 1]), float(points[1, 2])))
+            measured = measurement_label(finding)
+            panel.measurements[finding.id] = measured
             if rank >= MAX_LABELS_PER_SLICE:
                 continue
+            if measured:
+                label = label + "\n" + measured
             above = box[0] - 0.5 - (crop[1] - crop[0]) * 0.01
             ct_axes.text(box[1] - 0.5, above, label, fontsize=6.5, color="white", ha="left",
                          va="bottom", clip_on=True,
@@ -402,6 +464,9 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
         handles += _lung_handles(Line2D, palette)
     if result.findings:
         handles.append(Line2D([], [], color="0.3", linewidth=1.6, label="detection box (id type score)"))
+    if any(panel.axes for panel in panels):
+        handles.append(Line2D([], [], color=AXIS_COLOR, linewidth=AXIS_LINE_WIDTHS["long"],
+                              label="nodule long / short axis"))
     if handles:
         figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4),
                       fontsize=7.5, frameon=False, bbox_to_anchor=(0.5, 0.38 / fig_h))

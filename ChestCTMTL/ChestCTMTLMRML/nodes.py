@@ -1,7 +1,8 @@
 """Analysis results -> MRML nodes, and MRML volume nodes <-> core CT volumes.
 
 One function builds what a radiologist reviews (lesion segmentation, lung segmentation,
-reconstruction, one ROI per finding, findings and classification tables, all in one
+reconstruction, one ROI per finding, a line per measured nodule axis, findings and
+classification tables, all in one
 subject-hierarchy folder per input volume), so the
 Slicer module, the batch script and the ``chestctmtl`` command show and save the same thing.
 
@@ -19,6 +20,7 @@ Design choices that matter to callers:
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
@@ -46,6 +48,7 @@ ROLE_SEGMENTATION = "segmentation"
 ROLE_LUNGS = "lungs"
 ROLE_RECONSTRUCTION = "reconstruction"
 ROLE_ROI = "finding"
+ROLE_AXIS = "measurement-axis"  # a nodule's long or short axis (markups line)
 ROLE_TABLE = "findings-table"
 ROLE_CLASSIFICATION_TABLE = "classification-table"
 INPUT_VOLUME_ID_ATTR = "ChestCTMTL.inputVolumeID"  # on the folder item (fallback lookup)
@@ -57,6 +60,11 @@ ID_ATTR = "ChestCTMTL.id"
 STATUS_ATTR = "ChestCTMTL.status"
 NOTE_ATTR = "ChestCTMTL.note"
 STATUS_UNREVIEWED = "unreviewed"
+#: a nodule ROI's measurements as one line (measurement_text); also its description
+MEASUREMENTS_ATTR = "ChestCTMTL.measurements"
+AXIS_ATTR = "ChestCTMTL.axis"  # "long" | "short" on a measurement-axis line
+#: the analysis' lung involvement (JSON of AnalysisResult.involvement), on folder and tables
+INVOLVEMENT_ATTR = "ChestCTMTL.involvement"
 
 PREDICTED_CLASS_ATTR = "ChestCTMTL.predictedClass"
 VERDICT_EVIDENCE_ATTR = "ChestCTMTL.verdictEvidence"  # verdict.explain(): what moved the verdict
@@ -91,7 +99,8 @@ class ResultOptions:
     """Which results to create (the module panel's check boxes) and how to show them.
 
     ``segmentation`` switches off every segmentation node (lesions and lungs); ``lungs``
-    only the lung segmentation (which exists only when the result has ``lung_labels``).
+    only the lung segmentation (which exists only when the result has ``lung_labels``);
+    ``measurements`` the long/short axis lines of nodule findings (shown findings only).
     """
 
     segmentation: bool = True
@@ -100,6 +109,7 @@ class ResultOptions:
     detections: bool = True
     score_threshold: float = 0.0
     show_3d: bool = False
+    measurements: bool = True
 
 
 @dataclass
@@ -112,12 +122,13 @@ class ResultNodes:
     lungs: object = None  # lung segmentation: segments "right lung", "left lung"
     reconstruction: object = None
     rois: List[object] = field(default_factory=list)
+    axes: List[object] = field(default_factory=list)  # long/short axis lines of nodules
     table: object = None  # findings (+ status, note)
     classification_table: object = None
 
     def data_nodes(self) -> list:
-        nodes = [self.segmentation, self.lungs, self.reconstruction, *self.rois, self.table,
-                 self.classification_table]
+        nodes = [self.segmentation, self.lungs, self.reconstruction, *self.rois, *self.axes,
+                 self.table, self.classification_table]
         return [n for n in nodes if n is not None]
 
 
@@ -316,6 +327,8 @@ def _collect(sh, folder: int, volume_node) -> ResultNodes:
             results.reconstruction = node
         elif role == ROLE_ROI:
             results.rois.append(node)
+        elif role == ROLE_AXIS:
+            results.axes.append(node)
         elif role == ROLE_TABLE:
             results.table = node
         elif role == ROLE_CLASSIFICATION_TABLE:
@@ -470,12 +483,52 @@ def roi_name(finding: Finding) -> str:
     return "{} {:.2f}".format(finding.type, float(finding.score))
 
 
+def _number(value) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if number != number else number  # NaN: not measured
+
+
+def measurement_text(measurements: Optional[dict]) -> str:
+    """One line for a nodule's measurements, e.g. "long 18.7 mm \u00d7 short 15.1 mm, mean
+    16.9 mm, part-solid, size band 4B (research aid \u2014 not a Lung-RADS assessment)";
+    "" without measurements (zone findings)."""
+    m = measurements or {}
+    parts = []
+    long_mm, short_mm = _number(m.get("long_axis_mm")), _number(m.get("short_axis_mm"))
+    if long_mm is not None and short_mm is not None:
+        parts.append("long {:.1f} mm \u00d7 short {:.1f} mm".format(long_mm, short_mm))
+    elif long_mm is not None:
+        parts.append("long {:.1f} mm".format(long_mm))
+    mean_mm = _number(m.get("mean_diameter_mm"))
+    if mean_mm is not None:
+        parts.append("mean {:.1f} mm".format(mean_mm))
+    composition = m.get("composition") or ""
+    if composition:
+        solid_mm = _number(m.get("solid_component_mm"))
+        if composition == "part-solid" and solid_mm is not None:
+            composition += " (solid {:.1f} mm)".format(solid_mm)
+        parts.append(composition)
+    category = m.get("size_category")
+    if isinstance(category, dict) and category.get("category"):
+        band = "size band {}".format(category["category"])
+        if category.get("label"):
+            band += " ({})".format(category["label"])
+        parts.append(band)
+    elif category and not isinstance(category, dict):
+        parts.append("size band {}".format(category))
+    return ", ".join(parts)
+
+
 def _build_roi(scene, finding: Finding, created: list):
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", roi_name(finding))
     created.append(node)
     node.SetCenter(*[float(v) for v in finding.center_ras])
     node.SetSize(*[float(v) for v in finding.size_ras])
     node.SetLocked(True)
+    node.SetAttribute(MEASUREMENTS_ATTR, measurement_text(finding.measurements))
     node.SetAttribute(SCORE_ATTR, "{:.4f}".format(float(finding.score)))
     node.SetAttribute(TYPE_ATTR, finding.type)
     node.SetAttribute(ID_ATTR, str(finding.id))
@@ -490,6 +543,63 @@ def _build_roi(scene, finding: Finding, created: list):
         if hasattr(display, "SetHandlesInteractive"):
             display.SetHandlesInteractive(False)
     return node
+
+
+def show_measurement_descriptions(results: ResultNodes) -> None:
+    """Put each finding ROI's measurements (its MEASUREMENTS_ATTR) into its description.
+
+    Markups nodes rewrite their description from their own (here: no) enabled measurements
+    whenever those are updated, e.g. while a scene is built or read, so the attribute is the
+    record and this is called again after building and after loading a scene.
+    """
+    for roi in results.rois:
+        text = roi.GetAttribute(MEASUREMENTS_ATTR) or ""
+        if text and roi.GetDescription() != text:
+            roi.SetDescription(text)
+
+
+def axis_name(finding: Finding, which: str) -> str:
+    return "{} {} axis".format(finding.id, which)
+
+
+def _axis_points(finding: Finding, which: str) -> Optional[np.ndarray]:
+    points = (finding.measurements or {}).get(which + "_axis_ras")
+    if not points:
+        return None
+    array = np.asarray(points, dtype=np.float64)
+    if array.shape != (2, 3) or not np.all(np.isfinite(array)):
+        _LOG.warning("finding %s: %s axis end points %r ignored", finding.id, which, points)
+        return None
+    return array
+
+
+def _build_axes(scene, finding: Finding, created: list) -> list:
+    """A locked markups line per measured axis ("long", "short") of a nodule finding; the
+    control points are the axis' end points in RAS (the input volume's world)."""
+    lines = []
+    for which in ("long", "short"):
+        points = _axis_points(finding, which)
+        if points is None:
+            continue
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", axis_name(finding, which))
+        created.append(node)
+        node.SetAttribute(ROLE_ATTR, ROLE_AXIS)
+        node.SetAttribute(ID_ATTR, str(finding.id))
+        node.SetAttribute(TYPE_ATTR, finding.type)
+        node.SetAttribute(AXIS_ATTR, which)
+        for point in points:
+            node.AddControlPoint(vtk.vtkVector3d(*[float(v) for v in point]))
+        node.SetLocked(True)
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        if display is not None:
+            color = terminology.lesion_term(finding.type).color
+            display.SetSelectedColor(*color)
+            display.SetColor(*color)
+            if hasattr(display, "SetHandlesInteractive"):
+                display.SetHandlesInteractive(False)
+        lines.append(node)
+    return lines
 
 
 def _add_columns(table_node, columns: Iterable[str], rows: List[dict]) -> None:
@@ -549,7 +659,38 @@ def _classification_attributes(result: AnalysisResult) -> Dict[str, str]:
     for name in CLASS_NAMES:
         attributes[PROBABILITY_ATTR_PREFIX + name] = "{:.6f}".format(
             float(result.class_probabilities[name]))
+    involvement = getattr(result, "involvement", None)
+    if involvement:
+        attributes[INVOLVEMENT_ATTR] = json.dumps(involvement, default=_json_default)
     return attributes
+
+
+def _json_default(value):
+    """numpy scalars and arrays in the involvement dict -> plain JSON values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError("not JSON serializable: {!r}".format(type(value).__name__))
+
+
+def involvement_of(scene, results: ResultNodes) -> Optional[dict]:
+    """The analysis' lung involvement stored with the results (folder, else a table), or None."""
+    text = ""
+    sh = _sh(scene)
+    if sh is not None and results.folder_item:
+        text = sh.GetItemAttribute(results.folder_item, INVOLVEMENT_ATTR) or ""
+    for node in (results.table, results.classification_table):
+        if not text and node is not None:
+            text = node.GetAttribute(INVOLVEMENT_ATTR) or ""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        _LOG.warning("unreadable %s attribute ignored", INVOLVEMENT_ATTR)
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _check_geometry(volume_node, result: AnalysisResult) -> None:
@@ -613,11 +754,15 @@ def create_result_nodes(scene, input_volume_node, result: AnalysisResult, replac
             if options.detections else []
         for finding in findings:
             nodes.rois.append(_build_roi(scene, finding, created))
+        if options.measurements:
+            for finding in findings:
+                nodes.axes.extend(_build_axes(scene, finding, created))
         nodes.table, nodes.classification_table = _build_tables(scene, result, findings, base,
                                                                 created)
         for node in nodes.data_nodes():
             _tag(node, node.GetAttribute(ROLE_ATTR) or _role_of(nodes, node), input_volume_node)
             _put_in_folder(sh, node, folder)
+        show_measurement_descriptions(nodes)
     except BaseException:
         for node in reversed(created):
             _remove_node(scene, node)
@@ -640,4 +785,6 @@ def _role_of(nodes: ResultNodes, node) -> str:
         return ROLE_TABLE
     if node is nodes.classification_table:
         return ROLE_CLASSIFICATION_TABLE
+    if any(node is axis for axis in nodes.axes):
+        return ROLE_AXIS
     return ROLE_ROI

@@ -40,6 +40,10 @@ STATUS_COLORS = {
 CSV_COLUMNS = ("id", "type", "score", "center_r", "center_a", "center_s", "size_r", "size_a",
                "size_s", "volume_mm3_detected", "volume_mm3_segmentation", "status", "note",
                "lung", "zone")
+#: the findings table's measurement columns a report finding carries (numbers, then text)
+MEASUREMENT_NUMBER_FIELDS = ("long_axis_mm", "short_axis_mm", "mean_diameter_mm",
+                             "feret_diameter_mm", "solid_component_mm")
+MEASUREMENT_TEXT_FIELDS = ("composition", "size_category")
 
 
 class ReviewError(nodes.ChestCTMTLError):
@@ -69,6 +73,15 @@ def _apply_color(roi, status: str) -> None:
     color = _status_color(roi, status)
     display.SetColor(*color)
     display.SetSelectedColor(*color)
+
+
+def _apply_axes_color(results: Optional[nodes.ResultNodes], finding_id: str, status: str) -> None:
+    """A finding's measurement-axis lines take its review colour too."""
+    if results is None:
+        return
+    for axis in results.axes:
+        if (axis.GetAttribute(nodes.ID_ATTR) or "") == finding_id:
+            _apply_color(axis, status)
 
 
 def _results_of_roi(scene, roi) -> Optional[nodes.ResultNodes]:
@@ -126,6 +139,7 @@ def set_finding_status(roi, status: str, note: Optional[str] = None) -> None:
     results = _results_of_roi(scene, roi) if scene is not None else None
     if results is not None and results.table is not None:
         _write_table_review(results.table, roi.GetAttribute(nodes.ID_ATTR) or "", status, note)
+    _apply_axes_color(results, roi.GetAttribute(nodes.ID_ATTR) or "", status)
     roi.Modified()
 
 
@@ -137,9 +151,11 @@ def load_review(scene) -> Dict[str, Tuple[str, str]]:
     """
     state = {}
     for results in nodes.find_all_result_nodes(scene):
+        nodes.show_measurement_descriptions(results)
         for roi in results.rois:
             status, note = get_finding_status(roi)
             _apply_color(roi, status)
+            _apply_axes_color(results, roi.GetAttribute(nodes.ID_ATTR) or "", status)
             if results.table is not None:
                 _write_table_review(results.table, roi.GetAttribute(nodes.ID_ATTR) or "", status, note)
             state[roi.GetID()] = (status, note)
@@ -270,12 +286,19 @@ def _finding_entry(roi, row: dict) -> dict:
         except (TypeError, ValueError):
             return default
 
-    return {"roi_id": roi.GetID(), "id": roi.GetAttribute(nodes.ID_ATTR) or "",
-            "type": roi.GetAttribute(nodes.TYPE_ATTR) or "",
-            "score": float(roi.GetAttribute(nodes.SCORE_ATTR) or "nan"),
-            "center_ras": [float(v) for v in center], "size_mm": [float(v) for v in size],
-            "volume_mm3": number("volume_mm3"), "lung": row.get("lung", ""),
-            "zone": row.get("zone", ""), "status": status, "note": note}
+    entry = {"roi_id": roi.GetID(), "id": roi.GetAttribute(nodes.ID_ATTR) or "",
+             "type": roi.GetAttribute(nodes.TYPE_ATTR) or "",
+             "score": float(roi.GetAttribute(nodes.SCORE_ATTR) or "nan"),
+             "center_ras": [float(v) for v in center], "size_mm": [float(v) for v in size],
+             "volume_mm3": number("volume_mm3"), "lung": row.get("lung", ""),
+             "zone": row.get("zone", ""), "status": status, "note": note,
+             "measurements": roi.GetAttribute(nodes.MEASUREMENTS_ATTR) or ""}
+    for key in MEASUREMENT_NUMBER_FIELDS:  # None where it does not apply (zone findings)
+        value = number(key)
+        entry[key] = None if np.isnan(value) else value
+    for key in MEASUREMENT_TEXT_FIELDS:
+        entry[key] = row.get(key, "") or ""
+    return entry
 
 
 def results_summary(scene, volume_node) -> Optional[dict]:
@@ -292,6 +315,7 @@ def results_summary(scene, volume_node) -> Optional[dict]:
             "verdict_evidence": info["verdict_evidence"],
             "model_id": info["model"]["id"], "model_version": info["model"]["version"],
             "model": info["model"], "findings": findings,
+            "involvement": nodes.involvement_of(scene, results),
             "segmentation": results.segmentation, "lungs": results.lungs,
             "reconstruction": results.reconstruction, "results": results}
 
@@ -313,7 +337,10 @@ def review_report(scene, volume_node) -> dict:
             "volume_mm3_detected": None if np.isnan(f["volume_mm3"]) else round(f["volume_mm3"], 1),
             "volume_mm3_segmentation": round(per_finding.get(f["id"], 0.0), 1)
             if summary["segmentation"] is not None else None,
-            "status": f["status"], "note": f["note"]})
+            "status": f["status"], "note": f["note"],
+            **{k: (None if f.get(k) is None else round(f[k], 1)) for k in MEASUREMENT_NUMBER_FIELDS},
+            **{k: f.get(k, "") for k in MEASUREMENT_TEXT_FIELDS},
+            "measurements": f.get("measurements", "")})
     counts = {s: sum(1 for f in findings if f["status"] == s) for s in STATUSES}
     storage = volume_node.GetStorageNode()
     return {
@@ -328,6 +355,7 @@ def review_report(scene, volume_node) -> dict:
         "lesion_volumes_mm3": {k: round(v, 1) for k, v in per_type.items()},
         "lung_volumes_ml": None if per_lung is None else {k: round(v, 1) for k, v in per_lung.items()},
         "findings": findings,
+        "involvement": summary.get("involvement"),  # from the analysis, not the edits
         "review_counts": counts,
         "model": summary["model"],
     }
@@ -351,6 +379,7 @@ def report_markdown(report: dict) -> str:
                   "| lung | volume (ml) |", "|---|---|"]
         for name, v in report["lung_volumes_ml"].items():
             lines.append("| {} | {:.1f} |".format(name, v))
+    lines += _involvement_lines(report.get("involvement"))
     lines += ["", "## Findings", "",
               "| id | type | lung | zone | score | size R\u00d7A\u00d7S (mm) | volume detected (mm\u00b3) | "
               "volume segmentation (mm\u00b3) | status | note |",
@@ -364,12 +393,68 @@ def report_markdown(report: dict) -> str:
             f["status"], f["note"].replace("|", "\\|").replace("\n", " ")))
     if not report["findings"]:
         lines.append("| - | no findings | | | | | | | | |")
+    measured = [f for f in report["findings"] if f.get("long_axis_mm") is not None]
+    if measured:
+        lines += ["", "### Nodule measurements (from the analysis)", "",
+                  "| id | long axis (mm) | short axis (mm) | mean diameter (mm) | composition | "
+                  "size band |", "|---|---|---|---|---|---|"]
+        for f in measured:
+            lines.append("| {} | {} | {} | {} | {} | {} |".format(
+                f["id"], _mm(f.get("long_axis_mm")), _mm(f.get("short_axis_mm")),
+                _mm(f.get("mean_diameter_mm")), f.get("composition", ""),
+                f.get("size_category", "")))
+        lines += ["", "Size bands are a research aid \u2014 not a Lung-RADS assessment."]
     counts = report["review_counts"]
     lines += ["", "Review: " + ", ".join("{} {}".format(counts[s], s) for s in STATUSES), "",
               "## Model", "", "{} v{} (SHA-256 {})".format(report["model"]["id"],
                                                         report["model"]["version"],
                                                         report["model"]["sha256"]), ""]
     return "\n".join(lines)
+
+
+def _mm(value) -> str:
+    return "" if value is None else "{:.1f}".format(value)
+
+
+def involvement_line(involvement: Optional[dict]) -> str:
+    """"right 2.8 %, left 7.5 % (ground glass 141 mL, consolidation 55 mL)"; "" when the
+    analysis has no involvement (no lung mask, or not computable)."""
+    if not isinstance(involvement, dict) or not isinstance(involvement.get("lungs"), dict) \
+            or involvement.get("reason"):
+        return ""
+    parts = []
+    for name, short in (("right lung", "right"), ("left lung", "left")):
+        lung = involvement["lungs"].get(name) or {}
+        percent = lung.get("percent")
+        parts.append("{} {}".format(short, "n/a" if percent is None else
+                                    "{:.1f} %".format(float(percent))))
+    both = involvement.get("both") or {}
+    extra = []
+    for key, label in (("ground_glass_ml", "ground glass"), ("consolidation_ml", "consolidation")):
+        if both.get(key) is not None:
+            extra.append("{} {:.0f} mL".format(label, float(both[key])))
+    return ", ".join(parts) + (" ({})".format(", ".join(extra)) if extra else "")
+
+
+def _involvement_lines(involvement: Optional[dict]) -> list:
+    if not isinstance(involvement, dict) or not involvement:
+        return []
+    lines = ["", "## Lung involvement (from the analysis, not recomputed from edits)", ""]
+    if involvement.get("reason") or not isinstance(involvement.get("lungs"), dict):
+        return lines + ["Not computed: {}".format(involvement.get("reason") or "unknown reason")]
+    lines += ["| lung | volume (ml) | lesion (ml) | involved | ground glass (ml) | "
+              "consolidation (ml) |", "|---|---|---|---|---|---|"]
+    rows = [(name, involvement["lungs"].get(name) or {}) for name in ("right lung", "left lung")]
+    rows.append(("both lungs", involvement.get("both") or {}))
+    for name, v in rows:
+        def ml(key):
+            return "" if v.get(key) is None else "{:.1f}".format(float(v[key]))
+        percent = v.get("percent")
+        lines.append("| {} | {} | {} | {} | {} | {} |".format(
+            name, ml("volume_ml"), ml("lesion_ml"),
+            "" if percent is None else "{:.1f} %".format(float(percent)),
+            ml("ground_glass_ml"), ml("consolidation_ml")))
+    return lines
 
 
 def report_csv(report: dict) -> str:
