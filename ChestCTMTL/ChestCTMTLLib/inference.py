@@ -493,6 +493,9 @@ class Analyzer:
         lesion = stage.infection if stage.infection is not None else \
             np.zeros(tuple(c.stop - c.start for c in crop), bool)
         view = LungMask(lungs.labels[crop], lungs.spacing, lungs.airway_ml, lungs.split)
+        # the crop holds the lungs whole in-plane: their per-slice counts are the full mask's
+        full = lungs.per_slice_counts()[crop[0]]
+        view.__dict__["_cache"] = {"counts": full.sum(axis=0), "per_slice": full}
         source = ("HU bands inside the lesion the zone findings count (the model's infection "
                   "segment%s)" % (" plus the nodule-type islands of the diffuse process"
                                   if stage.pattern.diffuse else ""))

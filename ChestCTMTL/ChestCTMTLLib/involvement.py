@@ -168,7 +168,7 @@ def lung_involvement(lungs: Optional[LungMask], lesion: np.ndarray, hu: np.ndarr
         name = LUNG_NAMES[side]
         on = side_of == side
         per_slice = np.stack([
-            np.count_nonzero(labels == side, axis=(1, 2)),
+            lungs.per_slice_counts()[:, side],
             np.bincount(kk[on], minlength=n_slices),
             np.bincount(kk[on & is_ggo], minlength=n_slices),
             np.bincount(kk[on & is_cons], minlength=n_slices)]).astype(np.int64)

@@ -81,6 +81,10 @@ class LungMask:
         return {LUNG_NAMES[RIGHT]: float(counts[RIGHT] * voxel_ml),
                 LUNG_NAMES[LEFT]: float(counts[LEFT] * voxel_ml)}
 
+    def per_slice_counts(self) -> np.ndarray:
+        """(K, 3) voxels of label 0, RIGHT, LEFT on each slice (computed once)."""
+        return self._stats()["per_slice"]
+
     def slice_area(self) -> np.ndarray:
         """Lung voxels (both lungs) per slice."""
         ps = self._stats()["per_slice"]
