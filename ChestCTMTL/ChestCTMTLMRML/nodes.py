@@ -534,15 +534,20 @@ def _build_roi(scene, finding: Finding, created: list):
     node.SetAttribute(ID_ATTR, str(finding.id))
     node.SetAttribute(STATUS_ATTR, STATUS_UNREVIEWED)
     node.SetAttribute(NOTE_ATTR, "")
+    _show_locked_in_lesion_colour(node, finding.type)
+    return node
+
+
+def _show_locked_in_lesion_colour(node, lesion_type: str) -> None:
+    """A markups node drawn in its lesion type's colour, without interaction handles."""
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     if display is not None:
-        color = terminology.lesion_term(finding.type).color
+        color = terminology.lesion_term(lesion_type).color
         display.SetSelectedColor(*color)
         display.SetColor(*color)
         if hasattr(display, "SetHandlesInteractive"):
             display.SetHandlesInteractive(False)
-    return node
 
 
 def show_measurement_descriptions(results: ResultNodes) -> None:
@@ -590,14 +595,7 @@ def _build_axes(scene, finding: Finding, created: list) -> list:
         for point in points:
             node.AddControlPoint(vtk.vtkVector3d(*[float(v) for v in point]))
         node.SetLocked(True)
-        node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        if display is not None:
-            color = terminology.lesion_term(finding.type).color
-            display.SetSelectedColor(*color)
-            display.SetColor(*color)
-            if hasattr(display, "SetHandlesInteractive"):
-                display.SetHandlesInteractive(False)
+        _show_locked_in_lesion_colour(node, finding.type)
         lines.append(node)
     return lines
 
