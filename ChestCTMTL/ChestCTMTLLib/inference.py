@@ -12,15 +12,16 @@ Pipeline (``analyze``):
    shortcut. If no lungs are found the whole volume is analysed;
 4. batched slice inference under ``torch.inference_mode`` in channels-last layout, with CUDA
    autocast (bfloat16 where supported, else float16) on a GPU;
-5. each batch's outputs are resized back into the box and written straight into the output
-   arrays through the axial *view* of those arrays - no full-volume float copies exist;
-6. post-processing (:mod:`.postprocess`): mask islands under ``min_island_mm3`` removed;
-   per-slice boxes (from the detection head only) linked across adjacent slices into 3D
-   findings - score = the best slice's score, volume = inscribed ellipses x slice thickness,
-   centre/size from the merged box mapped to RAS, findings shorter than
-   ``min_finding_extent_mm`` along the slice axis dropped, duplicates suppressed by 3D NMS;
-   slice probabilities aggregated to a volume verdict
-   (:func:`postprocess.aggregate_slice_probabilities`, "any disease present" rule).
+5. each batch's outputs are resized back into the box: lesion probabilities (uint8) kept on
+   the network's region, reconstruction written through the axial *view* of its output array
+   (:func:`run_network` -> :class:`NetworkOutputs`);
+6. :func:`.lesion_stage.lesion_stage`: lungs, lesion masks inside them, 3D nodule/mass
+   candidates with the shape rules for the scan's slice thickness, infection per lung zone,
+   the lesion pattern;
+7. findings at the operating point (measured nodules, zones) on the input grid, lung
+   involvement, and the verdict (:mod:`.verdict`: classifier lung slices x likelihood ratios).
+   ``AnalysisOptions(lungs=False)`` keeps the older lung-blind path (slice boxes linked in 3D,
+   :mod:`.postprocess`).
 
 The network that runs is a cached copy of the loaded one with batch norms folded into the
 convolutions (:func:`inference_network`): same outputs, ~25 % less CPU time.
@@ -44,7 +45,8 @@ from . import errors
 from .orientation import AxialView, axial_view
 from .calibration import Calibration, CalibrationError, load_calibration
 from .lungs import LungMask
-from .options import (DEFAULT_MIN_FINDING_EXTENT_MM, AnalysisOptions, OptionError)
+from .lesion_stage import LesionStage, lesion_stage
+from .options import DEFAULT_MIN_FINDING_EXTENT_MM, AnalysisOptions
 from .postprocess import (SliceBox, aggregate_slice_probabilities, link_slice_boxes,
                           remove_small_islands, suppress_duplicate_tracks, track_volume_mm3)
 from .results import AnalysisResult, Finding
@@ -283,155 +285,6 @@ def findings_from_slice_boxes(boxes: Iterable[SliceBox], view: AxialView, volume
     return findings
 
 
-@dataclass
-class LesionStage:
-    """What the lung-aware post-processing made of the network outputs (canonical grid).
-
-    Lesions exist only around the lungs, so everything after the lung mask runs on ``crop``
-    (the lungs' bounding box plus the margin): ``masks`` are on that crop; candidates' boxes
-    are on the full canonical grid.
-    """
-
-    lungs: Optional[LungMask]  # full canonical grid
-    crop: tuple  # slices of the canonical grid the masks cover
-    masks: Dict[str, np.ndarray]  # lesion type -> bool, inside the lungs, on ``crop``
-    nodules: list  # candidates.Candidate, kept and dropped, best first
-    zones: list  # candidates.Candidate per lung zone
-    pattern: object  # verdict.LesionPattern
-    evidence_nodule: object  # the nodule Candidate counted as evidence for cancer, or None
-    infection: Optional[np.ndarray] = None  # bool on ``crop``: what the zones and involvement count
-
-
-def _lesion_crop(lungs: Optional[LungMask], shape, margin) -> tuple:
-    if lungs is None or not lungs.found or lungs.bbox is None:
-        return tuple(slice(0, n) for n in shape)
-    bb = lungs.bbox
-    return tuple(slice(max(0, b.start - m - 1), min(n, b.stop + m + 1))
-                 for b, m, n in zip(bb, margin, shape))
-
-
-def lesion_stage(outputs: NetworkOutputs, canon_hu: np.ndarray, options: AnalysisOptions,
-                 cal: Calibration, lesion_types: Iterable[str], prog: Optional["_Progress"] = None,
-                 timings: Optional[Dict[str, float]] = None) -> LesionStage:
-    """Lungs, lesion masks restricted to them, 3D candidates, zones and the lesion pattern.
-
-    The one implementation of the steps after the network that ``analyze`` and the
-    evaluation commands run.
-    """
-    from .candidates import (in_lung_mask, is_solid_mass, nodule_candidates, plausible_infection,
-                             shifted, touching_zone, zone_candidates)
-    from .lungs import grow_into_lesions, segment_lungs
-    from .verdict import cancer_evidence, lesion_pattern
-
-    timings = {} if timings is None else timings
-    check = prog.check if prog is not None else (lambda: None)
-    t = time.perf_counter()
-    spacing = outputs.view.spacing
-    s_mm, r_mm, c_mm = spacing
-    thr = int(math.ceil(options.seg_threshold * 255.0))
-    types = [tname for tname in lesion_types if tname in outputs.seg_prob]
-    lungs = segment_lungs(canon_hu, spacing)
-    margin = tuple(int(math.ceil(options.lung_margin_mm / max(v, 1e-6))) if options.lung_margin_mm
-                   else 0 for v in spacing)
-    crop = _lesion_crop(lungs, canon_hu.shape, margin)
-    offset = [c.start for c in crop]
-    lungs_c = LungMask(lungs.labels[crop], spacing, lungs.airway_ml, lungs.split)  # a view
-    prob = {tname: outputs.prob_crop(tname, crop) for tname in types}
-    raw = {tname: p >= thr for tname, p in prob.items()}
-    if raw and lungs.found:
-        any_lesion = np.zeros(lungs_c.labels.shape, bool)
-        for m in raw.values():
-            any_lesion |= m
-        if grow_into_lesions(lungs_c, any_lesion):
-            lungs.invalidate()
-        del any_lesion
-    timings["lungs"] = timings.get("lungs", 0.0) + time.perf_counter() - t
-    check()
-    t = time.perf_counter()
-    allowed = in_lung_mask(lungs_c, lungs_c.labels.shape, margin)
-    del raw
-    check()
-    rules = cal.shape_rules(s_mm)
-    boxes = [SliceBox(b.slice - offset[0], b.type, b.score, b.r0 - offset[1], b.c0 - offset[2],
-                      b.r1 - offset[1], b.c1 - offset[2]) for b in outputs.boxes]
-    nodules, zones = [], []
-    if "nodule-mass" in prob:
-        nodules = nodule_candidates(prob["nodule-mass"], allowed, lungs_c, boxes, spacing, rules,
-                                    options.seg_threshold, options.min_island_mm3,
-                                    hu=canon_hu[crop])
-    masks = {}
-    infection = touching = None
-    if "covid-infection" in prob:
-        near = touching_zone([c for c in nodules if c.kept], allowed.shape)
-        infection, touching, masks["covid-infection"] = plausible_infection(
-            prob["covid-infection"], allowed, spacing, rules, options.seg_threshold,
-            options.min_island_mm3, near)
-        del near
-    if "nodule-mass" in prob:
-        # the overlay: every island of at least min_island_mm3 that lies mostly in a lung
-        overlay = np.zeros(allowed.shape, bool)
-        for c in nodules:
-            if c.features.get("in_lung_fraction", 1.0) >= 0.5:
-                overlay[c.bbox] |= c.mask
-        masks["nodule-mass"] = overlay
-    if "covid-infection" in masks and lungs.found:
-        masks["covid-infection"] &= lungs_c.labels > 0  # the margin is for nodules' edges only
-    check()
-    # solid masses stand apart: neither part of a diffuse process nor of its burden
-    masses = [c for c in nodules if is_solid_mass(c)]
-    near_mass = touching_zone(masses, allowed.shape) if masses else None
-    lesion = np.zeros(allowed.shape, bool) if infection is None else infection.copy()
-    if near_mass is not None and infection is not None:
-        lesion &= ~_islands_touching(infection, near_mass)
-    for c in nodules:
-        if c.kept and not is_solid_mass(c):
-            lesion[c.bbox] |= c.mask
-    pattern = lesion_pattern(lesion, lungs_c if lungs.found else None, spacing, cal)
-    if pattern.diffuse:
-        # a diffuse process: its nodule-shaped islands are part of it, reported by zone
-        for c in nodules:
-            if c.kept and not is_solid_mass(c):
-                c.kept, c.reason = False, "part of a diffuse bilateral process (reported by zone)"
-        infection = lesion
-        evidence = cancer_evidence(masses, s_mm, cal)
-    else:
-        evidence = cancer_evidence(nodules, s_mm, cal)
-        if infection is not None:
-            # infection islands touching a listed nodule/mass are that lesion seen twice
-            infection = infection & ~touching
-    if infection is not None and lungs.found:
-        p_inf = prob["covid-infection"]
-        if pattern.diffuse and "nodule-mass" in prob:
-            p_inf = np.maximum(p_inf, prob["nodule-mass"])
-        zone_boxes = [b for b in boxes if pattern.diffuse or b.type == "covid-infection"]
-        zones = zone_candidates(infection, p_inf, lungs_c, spacing, zone_boxes)
-        # a lung's infection is listed only from the volume that makes it a process rather
-        # than scattered islands (the same floor as a diffuse process's, per lung)
-        floor_mm3 = 1000.0 * float(cal.verdict["infection_min_ml_per_lung"])
-        per_lung: Dict[int, float] = {}
-        for z in zones:
-            per_lung[z.lung] = per_lung.get(z.lung, 0.0) + z.features["volume_mm3"]
-        for z in zones:
-            if per_lung[z.lung] < floor_mm3:
-                z.kept, z.reason = False, "below %g mL of infection in this lung" % (floor_mm3 / 1000)
-        zones = [z for z in zones if z.kept] + [z for z in zones if not z.kept]
-    for c in list(nodules) + list(zones):
-        shifted(c, offset)
-    timings["candidates"] = timings.get("candidates", 0.0) + time.perf_counter() - t
-    return LesionStage(lungs, crop, masks, nodules, zones, pattern, evidence, infection)
-
-
-def _islands_touching(mask: np.ndarray, near: np.ndarray) -> np.ndarray:
-    """The 3D components (26-connected) of ``mask`` that overlap ``near``."""
-    from scipy import ndimage
-
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    hit = np.zeros(n + 1, bool)
-    hit[np.unique(lab[near & mask])] = True
-    hit[0] = False
-    return hit[lab]
-
-
 # --------------------------------------------------------------------------- the analyzer
 class Analyzer:
     """Configure once (options, device, model, calibration), then ``apply(volume)`` per CT.
@@ -620,8 +473,7 @@ class Analyzer:
             lesion_masks=masks, reconstruction_hu=outputs.reconstruction_hu, findings=findings,
             model=loaded.identity, timings_s=timings, device=dev, slice_axis=int(view.perm[0]),
             lung_labels=lung_labels, lungs=lungs_report, verdict=verdict,
-            involvement=involvement)
-        result.stage = stage  # canonical-grid details for evaluation (not serialised)
+            involvement=involvement, stage=stage)
         prog(1.0, "Done")
         return result
 

@@ -115,6 +115,7 @@ class AnalysisResult:
     lungs: dict = field(default_factory=dict)  # report.json "lungs" (volumes, method)
     verdict: dict = field(default_factory=dict)  # report.json "verdict" (evidence, calibration)
     involvement: dict = field(default_factory=dict)  # report.json "involvement" (per lung/zone)
+    stage: object = None  # lesion_stage.LesionStage: canonical-grid details (not serialised)
 
     def report_dict(self, input_path: Optional[str] = None) -> dict:
         """The report.json structure (see README)."""

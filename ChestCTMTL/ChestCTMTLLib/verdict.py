@@ -112,8 +112,6 @@ def lesion_pattern(lesion: np.ndarray, lungs: Optional[LungMask], spacing: Seque
         # distance to the lung surface, per slice (in-plane), on a 2x coarser grid
         _, r_mm, c_mm = (float(s) for s in spacing)
         inside = lungs.labels[:, ::2, ::2] > 0
-        structure = np.zeros((3, 3, 3), bool)
-        structure[1] = True
         dist = ndimage.distance_transform_edt(inside, sampling=(1e6, 2 * r_mm, 2 * c_mm))
         les = lesion[:, ::2, ::2] & inside
         d = dist[les]
