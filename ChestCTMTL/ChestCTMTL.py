@@ -39,7 +39,7 @@ _MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if _MODULE_DIR not in sys.path:
     sys.path.insert(0, _MODULE_DIR)
 
-from ChestCTMTLLib import errors  # noqa: E402  (numpy-only imports; torch is imported lazily)
+from ChestCTMTLLib import errors, registry  # noqa: E402  (numpy-only imports; torch is imported lazily)
 from ChestCTMTLLib.options import (DEVICES, FALLBACK_SCORE_THRESHOLD, RANGES,  # noqa: E402
                                    AnalysisOptions)
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES  # noqa: E402
@@ -715,62 +715,14 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
 
     # -------------------------------------------------------------------- models
     def availableModels(self) -> List[dict]:
-        """Registered models: id, version, path, default flag and a tooltip with measured speed."""
-        from ChestCTMTLLib import modelio
+        """Registered models: id, version, path, default flag and a tooltip with measured speed.
 
-        registry = modelio.read_registry()  # problems raise ModelLoadError, an errors.ModelError
-        base = modelio.registry_path().parent
-        models = []
-        for modelId, entry in sorted(registry.get("models", {}).items()):
-            entry = entry if isinstance(entry, dict) else {"path": entry}
-            folder = Path(entry.get("path", ""))
-            if not folder.is_absolute():
-                folder = base / folder
-            info = {"id": modelId, "version": entry.get("version", "?"), "path": str(folder),
-                    "default": modelId == registry.get("default"),
-                    "description": entry.get("description", "")}
-            info["tooltip"] = self._modelTooltip(info, folder)
-            models.append(info)
-        return models
-
-    @staticmethod
-    def _modelTooltip(info: dict, folder: Path) -> str:
-        lines = ["{} v{}".format(info["id"], info["version"])]
-        if info.get("description"):
-            lines.append(info["description"])
-        try:
-            from ChestCTMTLLib import modelio
-
-            card = modelio.read_card(folder)
-        except Exception:
-            card = {}
-        speed = card.get("speed") or card.get("benchmark") or (card.get("metrics") or {}).get("speed")
-        if isinstance(speed, dict):
-            parts = ["{}: {}".format(k, v) for k, v in speed.items()]
-            lines.append("Measured speed: " + ", ".join(parts))
-        elif speed:
-            lines.append("Measured speed: {}".format(speed))
-        else:
-            lines.append("Measured speed: not stated in the model card")
-        lines.append("Research use only.")
-        return "\n".join(lines)
+        Reads the registry and model cards only, so it works before PyTorch is installed."""
+        return registry.available_models()
 
     def resolveModelFolder(self, model=None) -> Path:
         """None/"" -> the registry's default; a registry id -> its folder; else a folder path."""
-        from ChestCTMTLLib import modelio
-
-        if model is None or model == "":
-            return Path(modelio.default_model_dir())
-        if isinstance(model, (str, Path)):
-            for entry in self.availableModels():
-                if entry["id"] == str(model):
-                    return Path(entry["path"])
-            folder = Path(model).expanduser()
-            if not folder.exists():
-                raise errors.ModelNotFoundError("no registered model with this id and no such folder",
-                                                str(model))
-            return folder
-        raise TypeError("model must be None, a registry id or a folder, not {!r}".format(type(model)))
+        return registry.resolve_model_folder(model)
 
     def calibratedScoreThreshold(self, model=None) -> float:
         """The model's calibrated operating point (its calibration.json), for the panel.
@@ -779,10 +731,10 @@ class ChestCTMTLLogic(ScriptedLoadableModuleLogic):
         the options' fallback (analysing such a model fails later with the real reason).
         """
         try:
-            from ChestCTMTLLib import calibration, modelio
+            from ChestCTMTLLib import calibration
 
             folder = self.resolveModelFolder(model)
-            value = calibration.load_calibration(folder, modelio.read_card(folder)).score_threshold
+            value = calibration.load_calibration(folder, registry.read_card(folder)).score_threshold
         except (ImportError, OSError, ValueError, errors.ChestCTMTLError):
             return FALLBACK_SCORE_THRESHOLD
         low, high = RANGES["score_threshold"]

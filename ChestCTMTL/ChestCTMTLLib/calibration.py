@@ -116,7 +116,7 @@ def load_calibration(folder, card: Optional[dict] = None) -> Calibration:
     SHA-256 differs from the card's ``calibration_sha256`` (or the card names one and the file
     is missing).
     """
-    from .modelio import sha256_file
+    from .registry import sha256_file
 
     folder = Path(folder)
     path = folder / CALIBRATION_FILE
@@ -170,7 +170,8 @@ def fit_temperature(probs: np.ndarray, labels: Sequence[int]) -> Tuple[float, di
 
 def write_calibration(folder, data: dict) -> Path:
     """Write calibration.json atomically and record its SHA-256 in the model card."""
-    from .modelio import sha256_file, update_card
+    from .modelio import update_card
+    from .registry import sha256_file
     from .paths import atomic_write_text
 
     folder = Path(folder)

@@ -9,7 +9,6 @@ worse than failing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,22 +21,15 @@ from typing import Optional
 import torch
 
 from . import __version__
-from .errors import ModelError
 from .model import ModelConfig, MultiTaskNet
 from .representation import Representation
 from .results import ModelIdentity
 
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "model.json"
-REGISTRY_FILE = "models.json"
-CARD_FORMAT = "chestctmtl-model/1"
-
-
-class ModelLoadError(ModelError, RuntimeError):
-    """A model folder is missing, corrupt, or its card does not match its weights.
-
-    A :class:`~ChestCTMTLLib.errors.ModelError`, so every front end reports it with the other
-    model problems (and a RuntimeError, as it was first published)."""
+# The folder format, the card reading and the registry need no torch (a fresh Slicer has none
+# until the user agrees to install it); they live in .registry and are re-exported here.
+from .registry import (CARD_FILE, CARD_FORMAT, REGISTRY_FILE, WEIGHTS_FILE,  # noqa: F401,E402
+                       ModelLoadError, default_model_dir, read_card, read_registry, register_model,
+                       registry_path, sha256_file)
 
 
 @dataclass
@@ -49,14 +41,6 @@ class LoadedModel:
     representation: Representation
     folder: Path
     device: str = "cpu"
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_replace_dir(tmp: Path, folder: Path) -> None:
@@ -130,26 +114,6 @@ def save_model_folder(model: MultiTaskNet, config: Optional[ModelConfig] = None,
     return folder
 
 
-def read_card(folder) -> dict:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelLoadError("model folder %s does not exist" % folder)
-    path = folder / CARD_FILE
-    if not path.is_file():
-        raise ModelLoadError("model folder %s has no %s" % (folder, CARD_FILE))
-    try:
-        with open(path, encoding="utf-8") as f:
-            card = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError("model card %s is not valid JSON: %s" % (path, e)) from None
-    if not isinstance(card, dict):
-        raise ModelLoadError("model card %s is not a JSON object" % path)
-    missing = [k for k in ("architecture", "sha256", "id", "version") if k not in card]
-    if missing:
-        raise ModelLoadError("model card %s lacks %s" % (path, ", ".join(missing)))
-    return card
-
-
 def load_model(folder, device: str = "cpu") -> LoadedModel:
     """Load and verify a model folder; the network is returned in eval mode on ``device``."""
     from safetensors import SafetensorError
@@ -197,76 +161,6 @@ def load_model(folder, device: str = "cpu") -> LoadedModel:
     model.eval().to(device)
     identity = ModelIdentity(id=str(card["id"]), version=str(card["version"]), sha256=str(card["sha256"]))
     return LoadedModel(model, config, card, identity, rep, folder, str(device))
-
-
-# --------------------------------------------------------------------------- registry
-
-def registry_path() -> Path:
-    from .paths import resources_dir
-
-    return resources_dir() / REGISTRY_FILE
-
-
-def read_registry() -> dict:
-    path = registry_path()
-    if not path.is_file():
-        return {"default": None, "models": {}}
-    try:
-        with open(path, encoding="utf-8") as f:
-            reg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError("model registry %s is not valid JSON: %s" % (path, e)) from None
-    reg.setdefault("default", None)
-    reg.setdefault("models", {})
-    return reg
-
-
-def default_model_dir() -> Path:
-    """The bundled default model's folder (from Resources/models.json)."""
-    path = registry_path()
-    reg = read_registry()
-    default = reg.get("default")
-    if not default:
-        raise ModelLoadError(
-            "no bundled model yet: the registry %s names no default model; pass a model folder "
-            "(e.g. --model DIR from `python -m ChestCTMTLTraining train --output DIR`, DIR/model)" % path)
-    entry = reg["models"].get(default)
-    if not entry:
-        raise ModelLoadError("model registry %s names default %r but does not list it" % (path, default))
-    folder = Path(entry["path"]) if isinstance(entry, dict) else Path(entry)
-    if not folder.is_absolute():
-        folder = path.parent / folder
-    if not folder.is_dir():
-        raise ModelLoadError("default model %r is registered at %s but that folder is missing"
-                             % (default, folder))
-    return folder
-
-
-def register_model(folder, make_default: bool = True, registry: Optional[Path] = None) -> Path:
-    """Add a model folder (relative to the registry when inside it) to models.json, atomically."""
-    registry = Path(registry) if registry else registry_path()
-    card = read_card(folder)
-    reg = {"default": None, "models": {}}
-    if registry.is_file():
-        with open(registry, encoding="utf-8") as f:
-            reg = json.load(f)
-    folder = Path(folder).resolve()
-    try:
-        rel = folder.relative_to(registry.parent.resolve()).as_posix()
-    except ValueError:
-        rel = str(folder)
-    reg.setdefault("models", {})[card["id"]] = {
-        "path": rel, "version": card["version"], "sha256": card["sha256"],
-        "backbone": card["architecture"].get("backbone"), "description": card.get("description", ""),
-    }
-    if make_default:
-        reg["default"] = card["id"]
-    tmp = registry.with_name(registry.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(reg, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, registry)
-    return registry
 
 
 def create_untrained_model_folder(folder, config: Optional[ModelConfig] = None, seed: int = 0) -> Path:
