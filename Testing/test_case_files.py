@@ -296,3 +296,26 @@ def test_no_findings_gives_empty_but_valid_files(tmp_path, small_ct, fresh):
         assert handle.read().strip().split("\t") == list(FINDINGS_TSV_COLUMNS)
     fresh.logics["Markups"].LoadMarkups(str(case / files.MARKUPS_FILE), "findings")
     assert fresh.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode") == 0
+
+
+def test_markups_file_holds_the_axis_lines_slicer_loads_back(small_ct, tmp_path, fresh):
+    """The nodules' long and short axes travel in findings.mrk.json next to the ROIs, and
+    Slicer's markups reader makes line nodes of them at the measured end points."""
+    from mrml_testutil import with_lungs, with_measurements
+
+    result = with_measurements(with_lungs(synthetic_result(small_ct)))
+    case = files.write_case(None, small_ct, result, tmp_path / "measured", preview=False)
+    with open(case / files.MARKUPS_FILE, encoding="utf-8") as handle:
+        doc = json.load(handle)
+    nodule = next(f for f in result.findings if f.type == "nodule-mass")
+    assert sorted(m["type"] for m in doc["markups"]) == ["Line", "Line", "ROI", "ROI"]
+    fresh.logics["Markups"].LoadMarkups(str(case / files.MARKUPS_FILE), "findings")
+    lines = {n.GetName(): n for n in _nodes_of(fresh.scene, "vtkMRMLMarkupsLineNode")}
+    assert sorted(lines) == sorted([nodes.axis_name(nodule, "long"), nodes.axis_name(nodule, "short")])
+    assert len(_nodes_of(fresh.scene, "vtkMRMLMarkupsROINode")) == 2
+    for which in ("long", "short"):
+        line = lines[nodes.axis_name(nodule, which)]
+        ends = [list(line.GetNthControlPointPositionWorld(n)) for n in range(2)]
+        length = float(np.linalg.norm(np.subtract(ends[1], ends[0])))
+        assert length == pytest.approx(nodule.measurements[which + "_axis_mm"], abs=0.05)
+        assert line.GetLocked()

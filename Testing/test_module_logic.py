@@ -616,7 +616,8 @@ def test_summary_and_report_carry_involvement_and_measurements(scene, lidc_files
 
     paths = logic.saveReview(volume, tmp_path / "measured.mrb")
     report = json.loads(paths["json"].read_text())
-    assert report["involvement"] == result.involvement
+    assert report["involvement_analysis"] == result.involvement
+    assert report["involvement"]["lungs"]["right lung"]["volume_ml"] > 0  # measured on the scene
     findings = {f["id"]: f for f in report["findings"]}
     for key in ("long_axis_mm", "short_axis_mm", "mean_diameter_mm", "solid_component_mm"):
         assert findings[nodule.id][key] == pytest.approx(m[key], abs=0.05)
@@ -624,8 +625,7 @@ def test_summary_and_report_carry_involvement_and_measurements(scene, lidc_files
     assert findings[nodule.id]["measurements"].startswith("long {:.1f} mm".format(m["long_axis_mm"]))
     assert findings[zone.id]["mean_diameter_mm"] is None
     md = paths["markdown"].read_text()
-    assert "## Lung involvement (from the analysis, not recomputed from edits)" in md
-    assert "| right lung | 2500.0 | 70.0 | 2.8 % | 50.0 | 20.0 |" in md
+    assert "## Lung involvement (measured on the segmentation as edited)" in md
     assert "| {} | {:.1f} | {:.1f} |".format(nodule.id, m["long_axis_mm"], m["short_axis_mm"]) in md
     assert "not a Lung-RADS assessment" in md
 

@@ -407,3 +407,30 @@ def test_nodule_axes_and_measurements_are_drawn(tmp_path, flat_ct):
     cyan = np.all(np.abs(plain - np.asarray(preview.AXIS_COLOR)) < 0.15, axis=-1)
     assert not cyan.any()
     assert np.all(np.abs(image - np.asarray(preview.AXIS_COLOR)) < 0.15, axis=-1).sum() > 10
+
+
+def test_involvement_chart_known_answer(tmp_path, flat_ct):
+    """Bars per zone and lung: ground glass, consolidation and the rest of the lesion, in % of
+    the zone's lung volume; no chart without a measured involvement."""
+    zone = {"volume_ml": 200.0, "lesion_ml": 20.0, "percent": 10.0, "ground_glass_ml": 10.0,
+            "consolidation_ml": 6.0}
+    empty = {"volume_ml": 100.0, "lesion_ml": 0.0, "percent": 0.0, "ground_glass_ml": 0.0,
+             "consolidation_ml": 0.0}
+    lung = {"volume_ml": 500.0, "lesion_ml": 20.0, "percent": 4.0, "ground_glass_ml": 10.0,
+            "consolidation_ml": 6.0, "zones": {"upper": empty, "middle": empty, "lower": zone}}
+    involvement = {"lungs": {"right lung": lung, "left lung": dict(lung, zones={})}, "both": {}}
+    rows = preview.involvement_rows(involvement)
+    assert rows[2] == ("R lower", pytest.approx(5.0), pytest.approx(3.0), pytest.approx(2.0))
+    assert rows[3] == ("R lung", pytest.approx(2.0), pytest.approx(1.2), pytest.approx(0.8))
+    assert [r[0] for r in rows] == ["R upper", "R middle", "R lower", "R lung", "L lung"]
+    assert preview.involvement_rows({"reason": "no lungs found", "lungs": {}}) == []
+
+    result = _result(flat_ct, LPS_IDENTITY, {})
+    plain = preview.preview_figure(result)
+    result.involvement = involvement
+    charted = preview.preview_figure(result)
+    assert len(charted.figure.axes) == len(plain.figure.axes) + 1
+    chart = charted.figure.axes[-1]
+    widths = sorted(round(p.get_width(), 3) for p in chart.patches if p.get_width() > 0)
+    assert widths == sorted([5.0, 3.0, 2.0, 2.0, 1.2, 0.8, 2.0, 1.2, 0.8])
+    assert [t.get_text() for t in chart.get_yticklabels()] == [r[0] for r in rows]  # top down

@@ -324,27 +324,39 @@ class Analyzer:
         return self.calibration.score_threshold
 
     def apply(self, volume: CTVolume, progress: Optional[ProgressCallback] = None,
-              cancel: Union[None, Callable[[], bool], threading.Event] = None) -> AnalysisResult:
+              cancel: Union[None, Callable[[], bool], threading.Event] = None,
+              lobes: Optional[Dict[str, np.ndarray]] = None) -> AnalysisResult:
+        """Analyse ``volume``. ``lobes``: lobe name -> bool mask on the volume's grid (from another
+        segmenter, :mod:`.lobes_io`); with all five, involvement adds per-lobe percentages and the
+        Pan et al. score. Raises ValueError for lobe masks that are not on the volume's grid."""
         import torch
+
+        for name, mask in (lobes or {}).items():
+            if np.shape(mask) != volume.array.shape:
+                raise ValueError("the lobe mask %r has shape %s, the CT %s: resample it onto the CT "
+                                 "first (lobes_io.read_lobes does)" % (name, np.shape(mask),
+                                                                       volume.array.shape))
 
         opts = self.options
         previous = torch.get_num_threads()
         try:
             if opts.num_threads not in (None, "auto"):
                 torch.set_num_threads(int(opts.num_threads))
-            return self._apply(volume, progress, cancel)
+            return self._apply(volume, progress, cancel, lobes)
         finally:
             torch.set_num_threads(previous)
 
     @staticmethod
-    def _involvement(stage: "LesionStage", canon: np.ndarray) -> dict:
-        """Per lung and zone: how much is involved, by ground glass and consolidation."""
-        from .involvement import lung_involvement
+    def _involvement(stage: "LesionStage", canon: np.ndarray, view, lobes=None) -> dict:
+        """Per lung and zone: how much is involved, by ground glass and consolidation; per lobe
+        (Pan et al. score) when ``lobes`` are given on the input grid."""
+        from .involvement import lobe_involvement, lung_involvement
 
         lungs = stage.lungs
         crop = stage.crop
         lesion = stage.infection if stage.infection is not None else \
             np.zeros(tuple(c.stop - c.start for c in crop), bool)
+        input_view = view
         view = LungMask(lungs.labels[crop], lungs.spacing, lungs.airway_ml, lungs.split)
         # the crop holds the lungs whole in-plane: their per-slice counts are the full mask's
         full = lungs.per_slice_counts()[crop[0]]
@@ -352,9 +364,16 @@ class Analyzer:
         source = ("HU bands inside the lesion the zone findings count (the model's infection "
                   "segment%s)" % (" plus the nodule-type islands of the diffuse process"
                                   if stage.pattern.diffuse else ""))
-        return lung_involvement(view, lesion, canon[crop], lungs.spacing, source=source)
+        result = lung_involvement(view, lesion, canon[crop], lungs.spacing, source=source)
+        if lobes:  # whole lobes (another segmenter's may reach beyond this lung crop)
+            whole = np.zeros(canon.shape, bool)
+            whole[crop] = lesion
+            result["lobes"] = lobe_involvement(
+                {name: input_view.to_canonical(np.asarray(m, bool)) for name, m in lobes.items()},
+                whole, lungs.spacing)
+        return result
 
-    def _apply(self, volume, progress, cancel) -> AnalysisResult:
+    def _apply(self, volume, progress, cancel, lobes=None) -> AnalysisResult:
         from .verdict import decide, lung_slice_selection
 
         opts, loaded, dev = self.options, self.loaded, self.device
@@ -408,7 +427,7 @@ class Analyzer:
                                                "and the verdict rests on the classifier alone")
                 for name, ml in stage.lungs.volume_ml().items():
                     lungs_report[name] = {"volume_ml": round(ml, 1)}
-                involvement = self._involvement(stage, canon)
+                involvement = self._involvement(stage, canon, view, lobes)
             listed = [c for c in stage.nodules if c.kept and c.score >= self.score_threshold]
             listed += [z for z in stage.zones if z.kept and z.score >= self.score_threshold]
             listed.sort(key=lambda c: (-c.score, -c.features.get("volume_mm3", 0.0)))

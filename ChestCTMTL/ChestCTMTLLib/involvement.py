@@ -317,6 +317,38 @@ def lobe_involvement(lobes: Mapping[str, np.ndarray], lesion: np.ndarray, spacin
     return result
 
 
-__all__ = ["lung_involvement", "lobe_involvement", "pan_lobe_score", "lobe_name",
+# --------------------------------------------------------------------------- input grid
+def involvement_on_input_grid(ijk_to_ras, hu: np.ndarray, lung_labels: Optional[np.ndarray],
+                              lesion: np.ndarray, lobes: Optional[Mapping[str, np.ndarray]] = None,
+                              source: str = DEFAULT_SOURCE) -> dict:
+    """:func:`lung_involvement` (and, with ``lobes``, :func:`lobe_involvement` as ``"lobes"``)
+    of masks on the *input* volume's (k, j, i) grid, placed by ``ijk_to_ras``.
+
+    For what has no canonical lung mask at hand: a review session recomputes the numbers from
+    the segmentation the radiologist edited, and lobes come from another segmenter's file or
+    scene. ``lung_labels``: 0 outside, :data:`.lungs.RIGHT`, :data:`.lungs.LEFT` (None: no lungs,
+    every value None with a reason).
+    """
+    from .lungs import LungMask
+    from .orientation import axial_view
+
+    hu = np.asarray(hu)
+    view = axial_view(ijk_to_ras, hu.shape)
+    spacing = tuple(float(v) for v in view.spacing)
+    canon_lesion = np.ascontiguousarray(view.to_canonical(np.asarray(lesion, bool)))
+    lungs = None
+    if lung_labels is not None:
+        labels = np.ascontiguousarray(view.to_canonical(np.asarray(lung_labels, np.uint8)))
+        present = set(np.unique(labels).tolist()) - {0}
+        split = "none" if not present else ("separate" if present >= {RIGHT, LEFT} else "single")
+        lungs = LungMask(labels, spacing, split=split)
+    result = lung_involvement(lungs, canon_lesion, view.to_canonical(hu), spacing, source=source)
+    if lobes:
+        canon_lobes = {name: view.to_canonical(np.asarray(m, bool)) for name, m in lobes.items()}
+        result["lobes"] = lobe_involvement(canon_lobes, canon_lesion, spacing)
+    return result
+
+
+__all__ = ["lung_involvement", "lobe_involvement", "involvement_on_input_grid", "pan_lobe_score", "lobe_name",
            "lobes_from_label_map", "GGO_HU", "CONSOLIDATION_HU", "ZONES", "LOBES",
            "LUNGMASK_LOBE_LABELS"]

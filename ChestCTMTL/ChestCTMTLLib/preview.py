@@ -375,7 +375,9 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
     panel_h = min(max(panel_h, 1.2), 1.6 * panel_w)
     side, gap, header, row_title, footer = 0.15, 0.12, 0.78, 0.36, 0.72
     fig_w = 2 * side + n_cols * panel_w + (n_cols - 1) * gap
-    fig_h = header + len(slices) * (row_title + panel_h) + footer
+    zone_rows = involvement_rows(result.involvement)
+    chart_h = (0.5 + 0.16 * len(zone_rows)) if zone_rows else 0.0
+    fig_h = header + len(slices) * (row_title + panel_h) + chart_h + footer
     figure = Figure(figsize=(fig_w, fig_h), dpi=dpi, facecolor="white")
     FigureCanvasAgg(figure)
 
@@ -458,6 +460,15 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
             panel.recon_axes = recon_axes
         panels.append(panel)
 
+    if zone_rows:
+        top = header + len(slices) * (row_title + panel_h) + 0.34
+        height = chart_h - 0.5
+        _draw_involvement(figure.add_axes([(side + 1.25) / fig_w, 1 - (top + height) / fig_h,
+                                           (fig_w - 2 * side - 1.6) / fig_w, height / fig_h]),
+                          zone_rows)
+        figure.text(side / fig_w, 1 - (top - 0.06) / fig_h,
+                    "Lung involvement by zone (% of the zone's lung volume)", ha="left",
+                    va="bottom", fontsize=7.5)
     handles = [Patch(facecolor=palette[name] + (OVERLAY_ALPHA,), edgecolor=palette[name],
                      label=name) for name in lesion_types]
     if lungs is not None:
@@ -479,6 +490,55 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
     figure.text(0.5, 0.06 / fig_h, NOTE, ha="center", va="bottom", fontsize=8,
                 color="firebrick", fontweight="bold")
     return Preview(figure, panels, view)
+
+
+#: Bar colours of the involvement chart: ground glass, consolidation, other lesion voxels.
+INVOLVEMENT_COLORS = ((0.95, 0.75, 0.25), (0.80, 0.25, 0.20), (0.65, 0.65, 0.65))
+
+
+def involvement_rows(involvement: Optional[dict]) -> List[Tuple[str, float, float, float]]:
+    """(label, ground glass %, consolidation %, other lesion %) per lung zone and per lung, from
+    ``result.involvement``; [] when it was not measured (no lungs)."""
+    if not isinstance(involvement, dict) or involvement.get("reason") \
+            or not isinstance(involvement.get("lungs"), dict):
+        return []
+    rows = []
+
+    def row(label, entry):
+        volume = entry.get("volume_ml") or 0.0
+        if not volume or entry.get("percent") is None:
+            return
+        ggo = 100.0 * float(entry.get("ground_glass_ml") or 0.0) / volume
+        cons = 100.0 * float(entry.get("consolidation_ml") or 0.0) / volume
+        rows.append((label, ggo, cons, max(0.0, float(entry["percent"]) - ggo - cons)))
+
+    for name, short in (("right lung", "R"), ("left lung", "L")):
+        lung = involvement["lungs"].get(name) or {}
+        for zone in ("upper", "middle", "lower"):
+            row("{} {}".format(short, zone), (lung.get("zones") or {}).get(zone) or {})
+        row("{} lung".format(short), lung)
+    return rows
+
+
+def _draw_involvement(axes, rows) -> None:
+    """Stacked horizontal bars: ground glass, consolidation, other lesion voxels, per row."""
+    labels = [r[0] for r in rows]
+    y = np.arange(len(rows))[::-1]
+    left = np.zeros(len(rows))
+    names = ("ground glass", "consolidation", "other lesion")
+    for part, (name, color) in enumerate(zip(names, INVOLVEMENT_COLORS)):
+        values = np.array([r[1 + part] for r in rows])
+        axes.barh(y, values, left=left, color=color, height=0.7, label=name)
+        left += values
+    for yy, total in zip(y, left):
+        axes.text(total, yy, " {:.1f} %".format(total), va="center", ha="left", fontsize=6)
+    axes.set_yticks(y)
+    axes.set_yticklabels(labels, fontsize=6.5)
+    axes.set_xlim(0, max(5.0, float(left.max()) * 1.25))
+    axes.tick_params(axis="x", labelsize=6)
+    for spine in ("top", "right"):
+        axes.spines[spine].set_visible(False)
+    axes.legend(fontsize=6, frameon=False, loc="lower right", ncol=3)
 
 
 def _lung_handles(Line2D, palette) -> list:

@@ -74,16 +74,24 @@ class _Bar:
 
 
 def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
-                progress: Optional[Callable[[float, str], None]] = None, preview: bool = True):
+                progress: Optional[Callable[[float, str], None]] = None, preview: bool = True,
+                lobes=None):
     """Read, analyse (with ``analyzer``, an :class:`~ChestCTMTLLib.inference.Analyzer`) and
-    write one input; returns (case folder, AnalysisResult). Raises on failure, and then
-    nothing is written."""
+    write one input; returns (case folder, AnalysisResult). ``lobes``: another segmenter's lobe
+    file or folder for this input (:func:`ChestCTMTLLib.lobes_io.read_lobes`). Raises on
+    failure, and then nothing is written."""
     from ChestCTMTLLib.volume_io import case_name, read_ct
 
     report = progress or (lambda fraction, stage: None)
     report(0.0, "reading")
     volume = read_ct(input_path)
-    result = analyzer.apply(volume, progress=lambda f, stage: report(0.05 + 0.85 * f, stage))
+    lobe_masks = None
+    if lobes is not None:
+        from ChestCTMTLLib.lobes_io import read_lobes
+
+        lobe_masks = read_lobes(lobes, volume)
+    result = analyzer.apply(volume, progress=lambda f, stage: report(0.05 + 0.85 * f, stage),
+                            lobes=lobe_masks)
     report(0.92, "writing")
     case_dir = files.case_dir_for(output_dir, case_name(input_path))
     files.write_case(scene, volume, result, case_dir, mrb=mrb, input_path=str(input_path),
@@ -95,7 +103,7 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
 def analyze_inputs(inputs: Sequence, output_dir, model=None,
                    options: Optional[AnalysisOptions] = None, mrb: bool = False, scene=None,
                    progress_bar: bool = True, stream=None, preview: bool = True,
-                   analyzer=None, **option_values) -> List[CaseOutcome]:
+                   analyzer=None, lobes=None, **option_values) -> List[CaseOutcome]:
     """Analyse every input into ``output_dir/<case>/``; one CaseOutcome per input, in order.
 
     The options are resolved once, here: ``options`` (an :class:`AnalysisOptions`) with any
@@ -103,7 +111,7 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
     ONE :class:`~ChestCTMTLLib.inference.Analyzer` (device, model and calibration resolved
     once) analyses every input. Pass ``analyzer`` to reuse one that exists (then ``model``,
     ``options`` and ``option_values`` must not be given). ``preview`` adds each case's
-    preview.png.
+    preview.png. ``lobes``: a lobe file or folder (another segmenter's) for a single input.
 
     What must hold before any input is touched raises (nothing can be done without it, and
     nothing is written): :class:`OptionError`, ModelError, DeviceUnavailableError,
@@ -120,6 +128,8 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
         opts = options or AnalysisOptions()
         if option_values:
             opts = opts.replace(**option_values)
+    if lobes is not None and len(inputs) != 1:
+        raise ValueError("lobes belong to one CT: pass one input with --lobes, not %d" % len(inputs))
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError("output is not a folder: {}".format(output_dir))
@@ -134,7 +144,7 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
             started = time.perf_counter()
             try:
                 case_dir, result = analyze_one(input_path, output_dir, analyzer, mrb, scene,
-                                               bar.progress, preview=preview)
+                                               bar.progress, preview=preview, lobes=lobes)
                 outcome.case_dir = case_dir
                 outcome.predicted_class = result.predicted_class
                 outcome.n_findings = len(result.findings)

@@ -1,5 +1,5 @@
 """``chestctmtl analyze INPUT [INPUT ...] --output OUTDIR [--model DIR] [--device ...]
-[--score-threshold S] [--mrb] [--no-preview]``.
+[--score-threshold S] [--mrb] [--no-preview] [--lobes PATH]``.
 
 Runs outside Slicer on a headless slicer-core scene, through the same functions as the Slicer
 module and the batch script. The command line becomes one
@@ -68,6 +68,11 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = Fa
     parser.add_argument("--no-preview", action="store_true",
                         help="do not write preview.png (a picture of the result) per case")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--lobes", metavar="PATH", default=None,
+                        help="lung lobes of the (single) input from another segmenter, for "
+                             "per-lobe involvement and the Pan et al. CT severity score: a "
+                             "TotalSegmentator output folder, a Slicer .seg.nrrd, or a label map "
+                             "(lungmask LTRCLobes 1-5, TotalSegmentator --ml 10-14)")
 
 
 def options_from_args(args) -> AnalysisOptions:
@@ -102,11 +107,12 @@ def run_analyze(args, scene=None, out=None, err=None) -> int:
         outcomes = batch.analyze_inputs(args.inputs, args.output, model=args.model,
                                         options=options, mrb=args.mrb, scene=scene,
                                         progress_bar=not args.no_progress, stream=err,
-                                        preview=not getattr(args, "no_preview", False))
+                                        preview=not getattr(args, "no_preview", False),
+                                        lobes=getattr(args, "lobes", None))
     except ChestCTMTLError as exc:
         print("chestctmtl: cannot start ({}): {}".format(exc.cause, exc), file=err)
         return EXIT_CANNOT_START
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print("chestctmtl: cannot start: {}".format(exc), file=err)
         return EXIT_CANNOT_START
     for line in batch.summary_lines(outcomes):

@@ -77,8 +77,9 @@ def _write_with_storage_node(node, path: Path, compress: bool = True) -> None:
 
 
 def write_markups_file(rois: List[object], path: Path) -> None:
-    """All ROIs in ONE markups JSON file ("markups" holds one entry per ROI, each with its node
-    name), which Slicer's markups reader turns back into one ROI node per entry."""
+    """All markups in ONE markups JSON file ("markups" holds one entry per node, each with its
+    node name): the findings' ROIs and their nodules' long/short axis lines. Slicer's markups
+    reader (vtkSlicerMarkupsLogic::LoadMarkups) makes one node of each entry's type."""
     scratch = Path(tempfile.mkdtemp(prefix=".markups-", dir=str(path.parent)))
     try:
         schema, entries = _MARKUPS_SCHEMA, []
@@ -147,7 +148,7 @@ def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: P
             _write_with_storage_node(results.lungs, folder / LUNGS_FILE)
         if results.reconstruction is not None:
             _write_with_storage_node(results.reconstruction, folder / RECONSTRUCTION_FILE)
-        write_markups_file(results.rois, folder / MARKUPS_FILE)
+        write_markups_file(results.rois + results.axes, folder / MARKUPS_FILE)
         write_findings_tsv(scene, result, folder / FINDINGS_FILE)
         _write_json(result.report_dict(input_path or volume.source_path), folder / REPORT_FILE)
         if mrb:

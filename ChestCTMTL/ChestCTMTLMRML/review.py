@@ -25,7 +25,7 @@ import vtk
 
 from ChestCTMTLLib.results import CLASS_NAMES
 
-from . import nodes, terminology
+from . import nodes, scene_involvement, terminology
 
 STATUSES = ("accepted", "rejected", "uncertain", "unreviewed")
 REPORT_FORMAT = "chestctmtl-review/1"
@@ -355,7 +355,10 @@ def review_report(scene, volume_node) -> dict:
         "lesion_volumes_mm3": {k: round(v, 1) for k, v in per_type.items()},
         "lung_volumes_ml": None if per_lung is None else {k: round(v, 1) for k, v in per_lung.items()},
         "findings": findings,
-        "involvement": summary.get("involvement"),  # from the analysis, not the edits
+        # measured on the segmentation as it is now (the reviewer's edits), the analysis' own
+        # numbers kept beside it
+        "involvement": scene_involvement.edited_involvement(scene, summary["results"]),
+        "involvement_analysis": summary.get("involvement"),
         "review_counts": counts,
         "model": summary["model"],
     }
@@ -439,9 +442,11 @@ def involvement_line(involvement: Optional[dict]) -> str:
 def _involvement_lines(involvement: Optional[dict]) -> list:
     if not isinstance(involvement, dict) or not involvement:
         return []
-    lines = ["", "## Lung involvement (from the analysis, not recomputed from edits)", ""]
+    lines = ["", "## Lung involvement (measured on the segmentation as edited)", ""]
     if involvement.get("reason") or not isinstance(involvement.get("lungs"), dict):
         return lines + ["Not computed: {}".format(involvement.get("reason") or "unknown reason")]
+    if involvement.get("method"):
+        lines += ["Method: {}".format(involvement["method"]), ""]
     lines += ["| lung | volume (ml) | lesion (ml) | involved | ground glass (ml) | "
               "consolidation (ml) |", "|---|---|---|---|---|---|"]
     rows = [(name, involvement["lungs"].get(name) or {}) for name in ("right lung", "left lung")]
@@ -454,6 +459,26 @@ def _involvement_lines(involvement: Optional[dict]) -> list:
             name, ml("volume_ml"), ml("lesion_ml"),
             "" if percent is None else "{:.1f} %".format(float(percent)),
             ml("ground_glass_ml"), ml("consolidation_ml")))
+    return lines + _lobe_lines(involvement.get("lobes"))
+
+
+def _lobe_lines(lobes: Optional[dict]) -> list:
+    """Per-lobe percent and Pan et al. score, when lobes were in the scene; else one line
+    saying that no lobar score is claimed."""
+    if not isinstance(lobes, dict) or not isinstance(lobes.get("lobes"), dict):
+        return ["", "No lobe segmentation in the scene: no per-lobe involvement or CT severity "
+                    "score is given."]
+    lines = ["", "| lobe | volume (ml) | involved | Pan score (0-5) |", "|---|---|---|---|"]
+    for name, v in lobes["lobes"].items():
+        percent, score = v.get("percent"), v.get("score")
+        lines.append("| {} | {} | {} | {} |".format(
+            name, "" if v.get("volume_ml") is None else "{:.1f}".format(float(v["volume_ml"])),
+            "" if percent is None else "{:.1f} %".format(float(percent)),
+            "" if score is None else score))
+    total = lobes.get("total_score")
+    lines += ["", "CT severity score (Pan et al., Radiology 2020): {}".format(
+        "{} / {}".format(total, lobes.get("max_score", 25)) if total is not None
+        else "not given ({})".format(lobes.get("reason", "incomplete lobes")))]
     return lines
 
 
