@@ -5,7 +5,8 @@ run the real code in a real interpreter without them (``python -S`` + the bundle
 only), under a subprocess timeout: inside Slicer an error that escapes ``--python-script``
 leaves the application running, so "exits with a code and a message within seconds" is the
 property that matters. The .mrb under review is made the way users make it, with
-``chestctmtl analyze --mrb`` on the public sample CT and the bundled model.
+``chestctmtl analyze --mrb`` on the public sample CT and the bundled model. A static check
+lists where code that runs in Slicer may import a package Slicer lacks, and why.
 """
 from __future__ import annotations
 
@@ -289,3 +290,43 @@ def test_scipy_labelling_is_skimage_26_connectivity(small_nifti):
     assert pairs.shape[1] == ours.max()  # one-to-one: the same components
     assert (ours[~mask] == 0).all()
     assert ndimage.label(mask)[1] > ours.max()  # 6-connectivity would split them further
+
+
+# ------------------------------------------------------------------ static guard
+#: Where code that runs in Slicer may import a package Slicer does not ship, and why that is
+#: safe there. Anything else (a scikit-image call in the review, say) fails below.
+ALLOWED_OUTSIDE_SLICER_IMPORTS = {
+    "torch": {"ChestCTMTLLib/model.py", "ChestCTMTLLib/modelio.py",
+              "ChestCTMTLLib/representation.py",  # the model itself: torch is installed first
+              "ChestCTMTLLib/inference.py",  # inside functions, after the model is loaded
+              "ChestCTMTL.py"},  # the device label, guarded by except ImportError
+    "safetensors": {"ChestCTMTLLib/modelio.py"},  # weights; installed with torch
+    "matplotlib": {"ChestCTMTLLib/preview.py"},  # behind preview.available()
+    "tqdm": {"ChestCTMTLMRML/batch.py"},  # behind _tqdm_class(): plain lines without it
+}
+
+
+def _imported_top_level_names(path: Path):
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]
+
+
+def test_code_that_runs_in_slicer_imports_only_what_slicer_ships_or_installs():
+    module_dir = REPO / "ChestCTMTL"
+    sources = [module_dir / "ChestCTMTL.py"] + sorted(
+        p for folder in ("ChestCTMTLLib", "ChestCTMTLMRML", "Scripts")
+        for p in (module_dir / folder).rglob("*.py"))
+    offending = []
+    for path in sources:
+        relative = path.relative_to(module_dir).as_posix()
+        for name in set(_imported_top_level_names(path)) & set(slicer_like.NOT_IN_SLICER):
+            if relative not in ALLOWED_OUTSIDE_SLICER_IMPORTS.get(name, set()):
+                offending.append("{} imports {}".format(relative, name))
+    assert offending == [], offending
