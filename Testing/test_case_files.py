@@ -291,7 +291,10 @@ def test_no_findings_gives_empty_but_valid_files(tmp_path, small_ct, fresh):
     result = synthetic_result(small_ct, findings=[])
     case = files.write_case(None, small_ct, result, tmp_path / "small")
     with open(case / files.MARKUPS_FILE, encoding="utf-8") as handle:
-        assert json.load(handle)["markups"] == []
+        doc = json.load(handle)
+    assert doc["markups"] == []
+    # the newest markups schema in Slicer 5.8.0-5.12.3 (Modules/Loadable/Markups/Resources/Schema)
+    assert doc["@schema"].endswith("/Resources/Schema/markups-schema-v1.0.3.json#")
     with open(case / files.FINDINGS_FILE, encoding="utf-8") as handle:
         assert handle.read().strip().split("\t") == list(FINDINGS_TSV_COLUMNS)
     fresh.logics["Markups"].LoadMarkups(str(case / files.MARKUPS_FILE), "findings")
@@ -319,3 +322,17 @@ def test_markups_file_holds_the_axis_lines_slicer_loads_back(small_ct, tmp_path,
         length = float(np.linalg.norm(np.subtract(ends[1], ends[0])))
         assert length == pytest.approx(nodule.measurements[which + "_axis_mm"], abs=0.05)
         assert line.GetLocked()
+
+
+def test_writing_a_bundle_keeps_file_names_but_adds_storage_nodes(tmp_path, small_ct, fresh):
+    """Why write_case builds the .mrb in a scratch scene: Slicer restores the file names after
+    writing a bundle but leaves a default storage node on every node that had none
+    (vtkMRMLScene::SaveSceneToSlicerDataBundleDirectory, 5.8.0 to 5.12.3)."""
+    volume = nodes.volume_node_from_ct(fresh.scene, small_ct, "small")
+    volume.AddDefaultStorageNode()
+    volume.GetStorageNode().SetFileName(str(tmp_path / "elsewhere.nrrd"))
+    table = fresh.scene.AddNewNodeByClass("vtkMRMLTableNode", "a table")
+    assert table.GetStorageNode() is None
+    assert fresh.scene.WriteToMRB(str(tmp_path / "scene.mrb"))
+    assert volume.GetStorageNode().GetFileName() == str(tmp_path / "elsewhere.nrrd")
+    assert table.GetStorageNode() is not None

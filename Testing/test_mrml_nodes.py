@@ -112,6 +112,8 @@ def test_result_nodes_types_names_geometry(scene, small_ct):
     assert table.GetValueByName(1, "id").ToString() == "L2"
     assert table.GetValueByName(1, "volume_mm3").ToDouble() == pytest.approx(
         result.findings[1].row()["volume_mm3"])
+    assert made.table.GetUseColumnTitleAsColumnHeader()  # the setter every Slicer >= 5.8 has
+    assert made.classification_table.GetUseColumnTitleAsColumnHeader()
     classification = made.classification_table.GetTable()
     assert [classification.GetValue(r, 0).ToString() for r in range(3)] == list(CLASS_NAMES)
     probabilities = [classification.GetValue(r, 1).ToDouble() for r in range(3)]

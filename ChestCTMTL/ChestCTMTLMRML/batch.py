@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from ChestCTMTLLib.errors import ChestCTMTLError
-from ChestCTMTLLib.options import AnalysisOptions
+from ChestCTMTLLib.options import AnalysisOptions, OptionError
 
 from . import files
 
@@ -40,33 +40,76 @@ class CaseOutcome:
         return self.error is None
 
 
-class _Bar:
-    """A tqdm bar over cases that also moves within a case (fraction + stage text)."""
+def _tqdm_class():
+    """tqdm's bar class, or None where tqdm is not installed (a fresh Slicer bundles none)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+class _Progress:
+    """Progress over the cases that also moves within a case (fraction + stage text).
+
+    A tqdm bar on a terminal where tqdm is installed; otherwise (Slicer's Python has no tqdm,
+    and a log file or a pipe cannot show a redrawn bar) one plain line each time a case enters
+    a new stage: ``case 1/3 small: 5% network (2% of all)``. ``enabled`` False prints nothing.
+    """
 
     def __init__(self, total: int, enabled: bool, stream) -> None:
+        self._total = max(int(total), 1)
+        self._enabled = enabled
+        self._stream = stream
         self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
+        self._done = 0
+        self._name = ""
+        self._stage = None
+        tqdm = _tqdm_class() if enabled and _is_terminal(stream) else None
+        if tqdm is not None:
             self._bar = tqdm(total=total, unit="case", file=stream, dynamic_ncols=True,
                              bar_format="{l_bar}{bar}| {n:.2f}/{total} [{elapsed}<{remaining}]{postfix}")
-        self._done = 0
+
+    @property
+    def uses_tqdm(self) -> bool:
+        return self._bar is not None
+
+    def start_case(self, name: str) -> None:
+        self._name = name
+        self._stage = None
 
     def progress(self, fraction: float, stage: str) -> None:
+        fraction = max(0.0, min(1.0, fraction))
         if self._bar is not None:
-            self._bar.n = self._done + max(0.0, min(1.0, fraction))
+            self._bar.n = self._done + fraction
             self._bar.set_postfix_str(stage, refresh=False)
             self._bar.refresh()
+            return
+        if not self._enabled or not stage or stage == self._stage:
+            return
+        self._stage = stage
+        print("case {}/{} {}: {:.0f}% {} ({:.0f}% of all)".format(
+            self._done + 1, self._total, self._name, 100.0 * fraction, stage,
+            100.0 * (self._done + fraction) / self._total), file=self._stream, flush=True)
 
     def case_done(self) -> None:
         self._done += 1
-        self.progress(0.0, "")
-
-    def write(self, text: str, stream) -> None:
+        self._stage = None
         if self._bar is not None:
-            self._bar.write(text, file=stream)
+            self.progress(0.0, "")
+
+    def write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
         else:
-            print(text, file=stream, flush=True)
+            print(text, file=self._stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -111,7 +154,9 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
     ONE :class:`~ChestCTMTLLib.inference.Analyzer` (device, model and calibration resolved
     once) analyses every input. Pass ``analyzer`` to reuse one that exists (then ``model``,
     ``options`` and ``option_values`` must not be given). ``preview`` adds each case's
-    preview.png. ``lobes``: a lobe file or folder (another segmenter's) for a single input.
+    preview.png. ``progress_bar`` shows progress on ``stream`` (default stderr): a tqdm bar
+    on a terminal, plain lines elsewhere or without tqdm (:class:`_Progress`). ``lobes``: a
+    lobe file or folder (another segmenter's) for a single input.
 
     What must hold before any input is touched raises (nothing can be done without it, and
     nothing is written): :class:`OptionError`, ModelError, DeviceUnavailableError,
@@ -129,7 +174,8 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
         if option_values:
             opts = opts.replace(**option_values)
     if lobes is not None and len(inputs) != 1:
-        raise ValueError("lobes belong to one CT: pass one input with --lobes, not %d" % len(inputs))
+        raise OptionError("lobes belong to one CT: pass one input with --lobes, not %d"
+                          % len(inputs))
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError("output is not a folder: {}".format(output_dir))
@@ -137,10 +183,11 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
         analyzer = Analyzer(model, opts)
     output_dir.mkdir(parents=True, exist_ok=True)
     outcomes: List[CaseOutcome] = []
-    bar = _Bar(len(inputs), progress_bar, stream)
+    bar = _Progress(len(inputs), progress_bar, stream)
     try:
         for input_path in inputs:
             outcome = CaseOutcome(input=str(input_path))
+            bar.start_case(Path(str(input_path)).name)
             started = time.perf_counter()
             try:
                 case_dir, result = analyze_one(input_path, output_dir, analyzer, mrb, scene,
@@ -160,8 +207,7 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
                 traceback.print_exc(file=stream)
             outcome.seconds = time.perf_counter() - started
             if not outcome.ok:
-                bar.write("skipped {} ({}): {}".format(input_path, outcome.cause, outcome.error),
-                          stream)
+                bar.write("skipped {} ({}): {}".format(input_path, outcome.cause, outcome.error))
             outcomes.append(outcome)
             bar.case_done()
     finally:

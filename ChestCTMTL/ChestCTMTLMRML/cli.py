@@ -7,12 +7,16 @@ module and the batch script. The command line becomes one
 ranges and their messages are those of :mod:`ChestCTMTLLib.options`, and one
 :class:`~ChestCTMTLLib.inference.Analyzer` analyses every input. Exit codes: 0 all inputs
 analysed; 1 at least one input failed (the others are written); 2 nothing could start (no
-model, no such device, bad arguments).
+model, no such device, bad arguments, a missing Python package, any unexpected error).
+:func:`run_analyze` never lets an exception out: inside Slicer (``--python-script``) an
+uncaught one would leave the application running with no window, so every failure becomes a
+message on stderr and an exit code.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Callable, List, Optional
 
 from ChestCTMTLLib.options import DEVICES, RANGES, AnalysisOptions, OptionError
@@ -94,14 +98,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: How to get a package the analysis needs that a fresh Slicer (or a bare Python) lacks.
+_INSTALL_HINTS = {
+    "torch": "In 3D Slicer: install the 'PyTorch' extension (Extensions Manager), restart, then "
+             "click 'Install PyTorch' in the PyTorch Utils module (or click Analyze in the "
+             "ChestCTMTL module, which offers to install it). Outside Slicer: "
+             "pip install -r requirements.txt (it pins torch)",
+    "safetensors": "In 3D Slicer: click Analyze in the ChestCTMTL module (it offers to install "
+                   "it), or run slicer.util.pip_install('safetensors') in the Python console. "
+                   "Outside Slicer: pip install -r requirements.txt",
+}
+
+
+def missing_package_message(exc: ImportError) -> str:
+    """What is missing and how to get it, for an ImportError raised by the analysis."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError) or not name:
+        return "a Python package failed to load: {}".format(exc)
+    hint = _INSTALL_HINTS.get(name, "install it with pip (in 3D Slicer: "
+                                    "slicer.util.pip_install('{}'))".format(name))
+    return "the Python package '{}' is not installed. {}.".format(name, hint)
+
+
 def run_analyze(args, scene=None, out=None, err=None) -> int:
-    """Execute parsed analyze arguments; prints the summary; returns the exit code."""
-    from ChestCTMTLLib.errors import ChestCTMTLError
+    """Execute parsed analyze arguments; prints the summary; returns the exit code.
 
-    from . import batch
-
+    Never raises (see the module docstring): what stops the batch before its first case is a
+    message and EXIT_CANNOT_START; failures of single inputs are the batch's own (exit 1).
+    """
     out = out or sys.stdout
     err = err or sys.stderr
+    try:
+        from ChestCTMTLLib.errors import ChestCTMTLError
+
+        from . import batch
+    except ImportError as exc:
+        print("chestctmtl: cannot start: {}".format(missing_package_message(exc)), file=err)
+        return EXIT_CANNOT_START
     try:
         options = options_from_args(args)
         outcomes = batch.analyze_inputs(args.inputs, args.output, model=args.model,
@@ -112,8 +145,16 @@ def run_analyze(args, scene=None, out=None, err=None) -> int:
     except ChestCTMTLError as exc:
         print("chestctmtl: cannot start ({}): {}".format(exc.cause, exc), file=err)
         return EXIT_CANNOT_START
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         print("chestctmtl: cannot start: {}".format(exc), file=err)
+        return EXIT_CANNOT_START
+    except ImportError as exc:
+        print("chestctmtl: cannot start: {}".format(missing_package_message(exc)), file=err)
+        return EXIT_CANNOT_START
+    except Exception as exc:  # noqa: BLE001 - a bug must end the run with a message, not hang it
+        traceback.print_exc(file=err)
+        print("chestctmtl: cannot start (internal error {}): {}".format(type(exc).__name__, exc),
+              file=err)
         return EXIT_CANNOT_START
     for line in batch.summary_lines(outcomes):
         print(line, file=out)

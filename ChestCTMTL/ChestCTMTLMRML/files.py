@@ -42,9 +42,12 @@ PREVIEW_FILE = preview_png.PREVIEW_FILE
 
 _LOG = logging.getLogger(__name__)
 
-#: What Slicer 5.12's markups writer puts in "@schema" (used only when there is no ROI to copy it from).
+#: "@schema" of a markups file without ROIs (with ROIs it is copied from what the writer put).
+#: Slicer 5.8.0 to 5.12.3 write v1.0.3, the newest schema in their source (MARKUPS_SCHEMA in
+#: Modules/Loadable/Markups/MRML/vtkMRMLMarkupsJsonStorageNode.cxx); the slicer-core wheel
+#: writes v1.0.4. Their readers accept any markups-schema-v1.x.y (ACCEPTED_MARKUPS_SCHEMA_REGEX).
 _MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
-                   "Resources/Schema/markups-schema-v1.0.4.json#")
+                   "Resources/Schema/markups-schema-v1.0.3.json#")
 _PARTIAL_MARKER = ".partial-"
 
 
@@ -170,10 +173,12 @@ def write_case(scene, volume, result: AnalysisResult, case_dir: Union[str, Path]
     already on it in the scene are left alone: the files show exactly ``result``).
     With ``scene=None`` the nodes are built in a private scratch scene; with a scene they are
     built there and removed again afterwards. ``mrb`` adds ``<case>.mrb`` (input volume +
-    results as a Slicer scene bundle); it is always built in a scratch scene, because saving a
-    bundle re-points the storage nodes of *every* node in its scene, which must not happen to
-    a user's scene, and the bundle must hold only this case. ``preview`` adds preview.png
-    (when matplotlib is available).
+    results as a Slicer scene bundle); it is always built in a scratch scene, because a bundle
+    holds *every* storable node of its scene (it must hold only this case) and writing one
+    gives each node without a storage node a default one that stays
+    (vtkMRMLScene::SaveSceneToSlicerDataBundleDirectory, Slicer 5.8.0 to 5.12.3, restores the
+    file names but keeps those), which must not happen to a user's nodes. ``preview`` adds
+    preview.png (when matplotlib is available).
     """
     case_dir = Path(case_dir)
     if not isinstance(volume, CTVolume):

@@ -637,11 +637,10 @@ def _build_tables(scene, result: AnalysisResult, findings: List[Finding], base: 
             for name in CLASS_NAMES]
     _add_columns(classification, ("class", "probability"), rows)
     for node in (table, classification):
-        # Slicer >= 5.10 renamed the switch (the old one still works there, with a warning).
-        if hasattr(node, "SetUseColumnTitleAsColumnHeader"):
-            node.SetUseColumnTitleAsColumnHeader(True)
-        elif hasattr(node, "SetUseColumnNameAsColumnHeader"):
-            node.SetUseColumnNameAsColumnHeader(True)
+        # Every supported Slicer (5.8 to 5.12) has this setter; the older
+        # SetUseColumnNameAsColumnHeader is deprecated there (Libs/MRML/Core/vtkMRMLTableNode.h
+        # at v5.8.0 and v5.12.3).
+        node.SetUseColumnTitleAsColumnHeader(True)
         for key, value in _classification_attributes(result).items():
             node.SetAttribute(key, value)
     return table, classification

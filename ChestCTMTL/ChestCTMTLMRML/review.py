@@ -22,6 +22,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import vtk
+from scipy import ndimage
 
 from ChestCTMTLLib.results import CLASS_NAMES
 
@@ -184,6 +185,20 @@ def _segment_id(segmentation_node, lesion_type: str) -> Optional[str]:
     return segment_id or None
 
 
+#: 26-connectivity (faces, edges and corners), scikit-image's ``label(connectivity=3)``.
+_NEIGHBOURS_26 = ndimage.generate_binary_structure(3, 3)
+
+
+def label_components(mask: np.ndarray) -> np.ndarray:
+    """Connected components of a 3D mask, 26-connected, numbered from 1 (0: background).
+
+    scipy.ndimage, not scikit-image: Slicer ships scipy, and this runs in the user's Slicer
+    whenever a review is saved.
+    """
+    labelled, _count = ndimage.label(mask, structure=_NEIGHBOURS_26)
+    return labelled
+
+
 def lesion_volumes(results: nodes.ResultNodes) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Volumes (mm^3) from the segmentation as it is now: per lesion type, and per finding.
 
@@ -191,8 +206,6 @@ def lesion_volumes(results: nodes.ResultNodes) -> Tuple[Dict[str, float], Dict[s
     that reach into the finding's box, so a lesion the user grew beyond the box counts whole
     and one the user erased counts zero.
     """
-    from skimage.measure import label
-
     per_type: Dict[str, float] = {}
     per_finding: Dict[str, float] = {}
     seg = results.segmentation
@@ -218,7 +231,7 @@ def lesion_volumes(results: nodes.ResultNodes) -> Tuple[Dict[str, float], Dict[s
             continue
         mask, labelled = labels_by_type[kind]
         if labelled is None:
-            labelled = label(mask, connectivity=3)
+            labelled = label_components(mask)
             labels_by_type[kind] = (mask, labelled)
         lo, hi = _ijk_bounds_of_roi(roi, ras_to_ijk, mask.shape)
         box = labelled[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1]
