@@ -489,9 +489,10 @@ def test_progress_is_monotonic_and_reaches_one(nodule_crop, loaded):
 
 
 def test_switched_off_heads_are_not_run(nodule_crop, loaded):
-    from ChestCTMTLLib.inference import inference_network
+    from ChestCTMTLLib.inference import inference_network, resolve_precision
 
-    net = inference_network(loaded, "cpu")  # the network analyze runs (cached copy)
+    precision = resolve_precision("auto", "cpu")
+    net = inference_network(loaded, "cpu", True, precision)  # the one analyze runs (cached)
     calls = {"seg": 0, "recon": 0, "det": 0}
     hooks = [net.seg_decoder.register_forward_hook(lambda *a: calls.__setitem__("seg", 1)),
              net.recon_decoder.register_forward_hook(lambda *a: calls.__setitem__("recon", 1)),
@@ -502,6 +503,7 @@ def test_switched_off_heads_are_not_run(nodule_crop, loaded):
         for h in hooks:
             h.remove()
     assert calls == {"seg": 0, "recon": 0, "det": 0}
-    assert inference_network(loaded, "cpu") is net, "analyze must have run this network"
+    assert inference_network(loaded, "cpu", True, precision) is net, \
+        "analyze must have run this network"
     assert result.lesion_masks == {} and result.reconstruction_hu is None and not result.findings
     assert math.isclose(sum(result.class_probabilities.values()), 1.0)

@@ -29,6 +29,9 @@ DEFAULT_LUNG_MARGIN_MM = 3.0  # lesion voxels this close to a lung still count a
 FALLBACK_SCORE_THRESHOLD = 0.5
 
 DEVICES = ("auto", "cpu", "cuda")
+#: "auto": bfloat16 on a CPU with native bfloat16 (AMX or AVX512-BF16) and under CUDA autocast
+#: on a GPU, float32 elsewhere (see inference.resolve_precision).
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class OptionError(errors.ChestCTMTLError, ValueError):
@@ -57,6 +60,7 @@ class AnalysisOptions:
     batch_size: Optional[int] = None
     channels_last: bool = True
     num_threads: Union[None, int, str] = "auto"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         dev = str(self.device or "auto").lower()
@@ -64,6 +68,11 @@ class AnalysisOptions:
             raise OptionError("device must be one of %s (or cuda:N), got %r"
                               % (", ".join(DEVICES), self.device))
         object.__setattr__(self, "device", dev)
+        precision = str(self.precision or "auto").lower()
+        if precision not in PRECISIONS:
+            raise OptionError("precision must be one of %s, got %r"
+                              % (", ".join(PRECISIONS), self.precision))
+        object.__setattr__(self, "precision", precision)
         if self.tasks is not None:
             if isinstance(self.tasks, str):
                 raise OptionError("tasks must be a list of task names, got the string %r" % self.tasks)

@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Callable, List, Optional
 
-from ChestCTMTLLib.options import DEVICES, RANGES, AnalysisOptions, OptionError
+from ChestCTMTLLib.options import DEVICES, PRECISIONS, RANGES, AnalysisOptions, OptionError
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -61,6 +61,10 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = Fa
                         default=AnalysisOptions().device, metavar="|".join(DEVICES),
                         help="where to run the model: {} (or cuda:N; default: {} = GPU if "
                              "present)".format(", ".join(DEVICES), AnalysisOptions().device))
+    parser.add_argument("--precision", type=_option_type("precision", str),
+                        default=AnalysisOptions().precision, metavar="|".join(PRECISIONS),
+                        help="the network's arithmetic (default auto: bfloat16 on a CPU with "
+                             "native bfloat16 - AMX or AVX512-BF16 - and on a GPU, else float32)")
     parser.add_argument("--mrb", action="store_true",
                         help="also write <case>.mrb, a Slicer scene ready for review")
     low, high = RANGES["score_threshold"]
@@ -82,7 +86,8 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = Fa
 def options_from_args(args) -> AnalysisOptions:
     """The one AnalysisOptions a parsed command line stands for (raises OptionError)."""
     return AnalysisOptions(device=getattr(args, "device", None) or AnalysisOptions().device,
-                           score_threshold=getattr(args, "score_threshold", None))
+                           score_threshold=getattr(args, "score_threshold", None),
+                           precision=getattr(args, "precision", None) or "auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
