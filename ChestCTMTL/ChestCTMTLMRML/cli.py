@@ -1,5 +1,5 @@
 """``chestctmtl analyze INPUT [INPUT ...] --output OUTDIR [--model DIR] [--device ...]
-[--score-threshold S] [--mrb] [--no-preview]``.
+[--score-threshold S] [--mrb] [--no-preview] [--dicom [--send HOST:PORT:AET]]``.
 
 Runs outside Slicer on a headless slicer-core scene, through the same functions as the Slicer
 module and the batch script. The command line becomes one
@@ -7,7 +7,8 @@ module and the batch script. The command line becomes one
 ranges and their messages are those of :mod:`ChestCTMTLLib.options`, and one
 :class:`~ChestCTMTLLib.inference.Analyzer` analyses every input. Exit codes: 0 all inputs
 analysed; 1 at least one input failed (the others are written); 2 nothing could start (no
-model, no such device, bad arguments).
+model, no such device, bad arguments); 3 every case was written but some could not be sent
+to the PACS (``--send``; the files stay in the case folders).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ChestCTMTLLib.options import DEVICES, RANGES, AnalysisOptions, OptionError
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_CANNOT_START = 2
+EXIT_NOT_SENT = 3
 
 
 def _option_type(name: str, parse: Callable) -> Callable:
@@ -68,6 +70,21 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = Fa
     parser.add_argument("--no-preview", action="store_true",
                         help="do not write preview.png (a picture of the result) per case")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dicom", action="store_true",
+                        help="also write lesions.seg.dcm (DICOM SEG) and findings.sr.dcm (TID 1500 "
+                             "SR) referencing the source series; DICOM series inputs only")
+    parser.add_argument("--send", type=_destination, default=None, metavar="HOST:PORT:AET",
+                        help="C-STORE the DICOM objects to this PACS (implies --dicom); a failed "
+                             "send keeps the files and exits with {}".format(EXIT_NOT_SENT))
+
+
+def _destination(text: str) -> str:
+    from ChestCTMTLLib.dicom_send import parse_destination
+
+    try:
+        return str(parse_destination(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def options_from_args(args) -> AnalysisOptions:
@@ -102,7 +119,9 @@ def run_analyze(args, scene=None, out=None, err=None) -> int:
         outcomes = batch.analyze_inputs(args.inputs, args.output, model=args.model,
                                         options=options, mrb=args.mrb, scene=scene,
                                         progress_bar=not args.no_progress, stream=err,
-                                        preview=not getattr(args, "no_preview", False))
+                                        preview=not getattr(args, "no_preview", False),
+                                        dicom=getattr(args, "dicom", False),
+                                        send=getattr(args, "send", None))
     except ChestCTMTLError as exc:
         print("chestctmtl: cannot start ({}): {}".format(exc.cause, exc), file=err)
         return EXIT_CANNOT_START
