@@ -102,7 +102,7 @@ def _group(source: SourceSeries, seg, segment_numbers: Dict[str, int], finding: 
             continue
         measurements.append(hd.sr.Measurement(
             name=coded(concept), value=value, unit=coded(unit),
-            derivation=coded(derivation) if derivation else None, algorithm_id=algorithm))
+            derivation=coded(derivation) if derivation else None))
     evaluations = []
     if finding.composition in COMPOSITIONS:
         evaluations.append(hd.sr.QualitativeEvaluation(coded(COMPOSITION),
