@@ -59,7 +59,7 @@ def seg_nrrd_masks(path: Path, ijk_to_lps: np.ndarray, shape) -> Dict[str, np.nd
     return out
 
 
-def copy_series(src_dir: Path, dst: Path, files=None) -> Path:
+def copy_series(src_dir, dst: Path, files=None) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for f in files if files is not None else sorted(src_dir.glob("*.dcm")):
         shutil.copy2(f, dst / f.name)
