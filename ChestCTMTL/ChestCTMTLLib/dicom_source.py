@@ -110,16 +110,23 @@ def _check_headers(datasets: list, where: str) -> None:
         raise DicomSourceError("the folder holds {} image series ({}); DICOM objects reference "
                                "exactly one: give the folder of one series".format(
                                    len(series), counts), where)
+    def shape_of(ds):
+        return (tuple(round(float(v), 4) for v in ds.ImageOrientationPatient),
+                int(ds.Rows), int(ds.Columns))
+
+    shapes = [shape_of(ds) for ds in datasets]
+    usual = max(set(shapes), key=shapes.count)  # the series is what most instances are
+    odd = [ds for ds, shape in zip(datasets, shapes) if shape != usual]
+    if odd:
+        ds = odd[0]
+        raise DicomSourceError(
+            "{} instance{} (the first: number {}, image type {}) {} another orientation or size "
+            "than the series ({}x{}, orientation {}): a localizer or a reformat is mixed into "
+            "the series; remove it".format(
+                len(odd), "" if len(odd) == 1 else "s", ds.get("InstanceNumber", "?"),
+                "\\".join(ds.get("ImageType", []) or ["?"]), "has" if len(odd) == 1 else "have",
+                usual[1], usual[2], "/".join("{:g}".format(v) for v in usual[0])), where)
     first = datasets[0]
-    iop0 = np.asarray([float(v) for v in first.ImageOrientationPatient])
-    for ds in datasets:
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        if np.abs(iop - iop0).max() > 1e-4 or (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
-            raise DicomSourceError(
-                "instance {} (image type {}) has another orientation or size than the series "
-                "({}x{}, {}): a localizer or a reformat is mixed into the series; remove it".format(
-                    ds.get("InstanceNumber", "?"), "\\".join(ds.get("ImageType", []) or ["?"]),
-                    first.Rows, first.Columns, [round(v, 4) for v in iop0]), where)
     normal = _normal(first)
     positions = np.sort([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient]))
                          for ds in datasets])

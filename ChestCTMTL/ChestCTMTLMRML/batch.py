@@ -108,8 +108,8 @@ def _dicom_source_check(input_path, dicom_objects):
 
     if not Path(input_path).is_dir():
         raise dicom_source.DicomSourceError(
-            "DICOM objects need a DICOM source: this input is a volume file, not a DICOM "
-            "series folder", str(input_path))
+            "DICOM objects need a DICOM source: this input is a file, not a DICOM series "
+            "folder", str(input_path))
     dicom_out.require_dependencies()
     dicom_source.check_series_folder(input_path)
     return dicom_objects.write_result_dicom
