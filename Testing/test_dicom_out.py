@@ -302,3 +302,48 @@ def test_send_to_wrong_ae_title_says_why(case, tmp_path):
         assert pacs.get("/instances") == []
     finally:
         pacs.stop()
+
+
+# ------------------------------------------------------------------ after a review (Slicer path)
+def test_review_writes_decisions_and_the_edited_segmentation(case, lidc0001_dicom_dir, tmp_path):
+    """The module's Save review: the reviewed scene (here the case's .mrb on a real headless
+    MRML scene) -> SR with the reviewer's decision and note, SEG of the segments as edited."""
+    import highdicom as hd
+
+    from ChestCTMTLMRML import dicom, headless, nodes, review
+
+    app = headless.HeadlessSlicer()
+    try:
+        scene = app.scene
+        assert scene.ReadFromMRB(str(next(case["dir"].glob("*.mrb"))))
+        volume = scene.GetFirstNodeByName(case["dir"].name)
+        results = nodes.find_result_nodes(scene, volume)
+        roi = results.rois[0]
+        review.set_finding_status(roi, "rejected", "vessel crossing, not a nodule")
+        results.lungs.GetSegmentation().RemoveSegment("left lung")  # the reviewer's edit
+        expected = review.review_report(scene, volume)["findings"][0]
+        written = dicom.write_review_dicom(scene, volume, tmp_path,
+                                           source_files=sorted(map(str, lidc0001_dicom_dir.glob("*.dcm"))),
+                                           reviewer="Reviewer^Test")
+    finally:
+        app.close()
+    seg = hd.seg.segread(str(written.seg_path))
+    assert "left lung" not in {s.SegmentLabel for s in seg.SegmentSequence}
+    assert "right lung" in {s.SegmentLabel for s in seg.SegmentSequence}
+    sr = hd.sr.srread(str(written.sr_path))
+    assert sr.CompletionFlag == "COMPLETE"
+    group = sr.content.get_volumetric_roi_measurement_groups()[0]
+    evaluations = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    assert evaluations["Review decision"] == "rejected"
+    notes = [item.TextValue for item in group[0].ContentSequence
+             if item.ConceptNameCodeSequence[0].CodeMeaning == "Comment"]
+    assert notes == ["vessel crossing, not a nodule"]
+    volume_mm3 = {m.name.meaning: m.value for m in group.get_measurements()}["Volume"]
+    assert float(volume_mm3) == pytest.approx(expected["volume_mm3_segmentation"])
+    # same finding, same tracking UID as in the analysis' SR
+    _, analysed = _groups(case)
+    assert str(group.tracking_uid) == str(analysed[0].tracking_uid)
+    observers = [item.TextValue if "TextValue" in item else item.get("PersonName")
+                 for item in sr.ContentSequence
+                 if item.ConceptNameCodeSequence[0].CodeMeaning == "Person Observer Name"]
+    assert [str(o) for o in observers] == ["Reviewer^Test"]
