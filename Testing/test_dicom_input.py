@@ -151,3 +151,20 @@ def test_jpeg_lossless_series_can_be_referenced_by_a_seg(jpeg_lossless):
     pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[1],
                                                ignore_spatial_locations=True)
     assert np.array_equal(pixels[..., 0] > 0, mask > 0)
+
+
+def test_fresh_slicer_imports_the_dicom_code_and_names_what_to_install(tmp_path):
+    """In a fresh Slicer (no highdicom/pynetdicom/pylibjpeg) the module can import the DICOM
+    adapter and learn the pinned packages to offer, instead of failing at import."""
+    import slicer_like
+
+    folder = slicer_like.make_site(tmp_path / "site")
+    code = ("import ChestCTMTLMRML.dicom as d\n"
+            "print('|'.join(d.missing_dependencies()))\n")
+    proc = slicer_like.run(["-c", code], folder)
+    assert proc.returncode == 0, proc.stderr
+    missing = proc.stdout.strip().split("|")
+    assert missing == ["highdicom==0.28.2", "pynetdicom==3.0.4", "pylibjpeg==2.1.0",
+                       "pylibjpeg-libjpeg==2.5.0"]
+    requirements = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text().split()
+    assert set(missing) <= set(requirements)  # offered = pinned

@@ -210,6 +210,22 @@ def test_sr_algorithm_identification(case):
     assert sr.Manufacturer == "ChestCTMTL"
 
 
+def test_sr_is_what_slicers_tid1500_plugin_loads(case):
+    """Slicer 5.12 DICOMTID1500Plugin.isDICOMTID1500 / createLoadableAndAddReferences: an SR
+    (Comprehensive 3D) with TemplateIdentifier 1500 whose evidence lists the SEG by its SOP
+    class; DICOMSegmentationPlugin takes Modality SEG."""
+    sr, _ = _groups(case)
+    seg = _seg(case)
+    assert sr.Modality == "SR" and sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    classes = {str(ref.ReferencedSOPClassUID): str(series.SeriesInstanceUID)
+               for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+               for ref in series.ReferencedSOPSequence}
+    assert classes["1.2.840.10008.5.1.4.1.1.66.4"] == seg.SeriesInstanceUID
+    assert seg.Modality == "SEG"
+    assert sr.CompletionFlag == "PARTIAL"  # no reviewer yet: a draft
+
+
 def test_sr_read_by_dcmqi_tid1500reader(case, tmp_path):
     tool = which("tid1500reader")
     if tool is None:
