@@ -117,6 +117,8 @@ def write_review_dicom(scene, volume_node, folder, source_files: Optional[Sequen
     results = nodes.find_result_nodes(scene, volume_node)
     volume = nodes.ct_from_volume_node(volume_node)
     if source_files is None:
+        source_files = dicom_source_files(volume_node)
+    if source_files is None:
         storage = volume_node.GetStorageNode()
         path = Path(storage.GetFileName()) if storage is not None and storage.GetFileName() \
             else None
@@ -136,6 +138,38 @@ def write_review_dicom(scene, volume_node, folder, source_files: Optional[Sequen
     return dicom_out.write_dicom_objects(folder, source, _review_masks(results), findings,
                                          type_codes({f.type for f in findings}), model,
                                          reviewer=reviewer)
+
+
+def dicom_source_files(volume_node) -> Optional[List[str]]:
+    """The files of the instances a volume was loaded from by Slicer's DICOM module, or None.
+
+    DICOMScalarVolumePlugin stores the slice-ordered instance UIDs in the node attribute
+    ``DICOM.instanceUIDs`` (Slicer/Slicer Modules/Scripted/DICOMPlugins/
+    DICOMScalarVolumePlugin.py, v5.8.0); the DICOM database maps each to its file.
+    """
+    import slicer
+
+    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    database = getattr(slicer, "dicomDatabase", None)
+    if not uids or database is None:
+        return None
+    found = [database.fileForInstance(uid) for uid in uids]
+    return found if all(found) else None
+
+
+def import_into_dicom_database(folder) -> bool:
+    """Index the DICOM files of ``folder`` into Slicer's DICOM database (inside Slicer only),
+    so the SEG and SR load back through the DICOM module; False where there is no database.
+    Uses DICOMLib.DICOMUtils.importDicom (Slicer/Slicer Modules/Scripted/DICOMLib/
+    DICOMUtils.py, v5.8.0 to v5.12)."""
+    import slicer
+
+    if getattr(slicer, "dicomDatabase", None) is None:
+        return False
+    from DICOMLib import DICOMUtils
+
+    DICOMUtils.importDicom(str(folder), slicer.dicomDatabase, False)
+    return True
 
 
 def send(paths: Sequence, destination: str,
