@@ -168,3 +168,33 @@ def test_fresh_slicer_imports_the_dicom_code_and_names_what_to_install(tmp_path)
                        "pylibjpeg-libjpeg==2.5.0"]
     requirements = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text().split()
     assert set(missing) <= set(requirements)  # offered = pinned
+
+
+def test_a_failed_write_leaves_neither_object(jpeg_lossless, tmp_path):
+    """The SR cannot be placed (a folder holds its name): the SEG written just before it and
+    every temporary file are gone again."""
+    pytest.importorskip("highdicom")
+    from ChestCTMTLLib import dicom_out
+    from ChestCTMTLLib.dicom_seg import SegmentSpec
+    from ChestCTMTLLib.dicom_sr import FindingRecord
+    from ChestCTMTLLib.results import ModelIdentity
+
+    volume = read_ct(jpeg_lossless)
+    source = dicom_source.load_source_series(volume)
+    mask = np.zeros(volume.array.shape, np.uint8)
+    mask[5:9, 100:140, 300:330] = 1
+    nodule = ("SCT", "27925004", "Nodule")
+    spec = SegmentSpec("nodule-mass", mask, ("SCT", "49755003", "Morphologically Altered "
+                                             "Structure"), nodule)
+    finding = FindingRecord("L1", "nodule-mass", {"volume_mm3": 12.5, "score": 0.9}, lung="left")
+    (tmp_path / dicom_out.SR_FILE).mkdir()  # the SR's place is taken
+    with pytest.raises(OSError):
+        dicom_out.write_dicom_objects(tmp_path, source, [spec], [finding],
+                                      {"nodule-mass": nodule}, ModelIdentity("m", "1", "0" * 64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [dicom_out.SR_FILE]
+    (tmp_path / dicom_out.SR_FILE).rmdir()
+    written = dicom_out.write_dicom_objects(tmp_path, source, [spec], [finding],
+                                            {"nodule-mass": nodule}, ModelIdentity("m", "1", "0" * 64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dicom_out.SEG_FILE,
+                                                                  dicom_out.SR_FILE])
+    assert written.segment_numbers == {"nodule-mass": 1}

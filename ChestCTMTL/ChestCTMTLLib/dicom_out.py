@@ -95,7 +95,8 @@ def write_dicom_objects(folder, source: SourceSeries, segments: Sequence[Segment
     """Build the SEG (when a segment holds voxels) and the SR and write them into ``folder``.
 
     ``type_codes`` maps a finding type to its (scheme, value, meaning) code. Existing files of
-    the same names are replaced only once both new ones are complete.
+    the same names are replaced only once both new ones are complete; if placing them fails
+    half-way, the ones already placed are removed again (a SEG never stays without its SR).
     """
     require_dependencies()
     folder = Path(folder)
@@ -111,6 +112,7 @@ def write_dicom_objects(folder, source: SourceSeries, segments: Sequence[Segment
         raise DicomWriteError("the DICOM objects could not be built: {}: {}".format(
             type(exc).__name__, exc), str(folder)) from exc
     written: List[str] = []
+    placed: List[Path] = []
     try:
         targets = ([(seg, SEG_FILE)] if seg is not None else []) + [(sr, SR_FILE)]
         pending = []
@@ -122,12 +124,14 @@ def write_dicom_objects(folder, source: SourceSeries, segments: Sequence[Segment
             pending.append((tmp, folder / name))
         for tmp, target in pending:
             os.replace(tmp, str(target))
+            placed.append(target)
         if seg is None and (folder / SEG_FILE).exists():
             os.unlink(str(folder / SEG_FILE))  # a SEG of an earlier write no longer applies
     except BaseException:
-        for tmp in written:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        # a SEG without its SR (or the reverse) must not stay: remove what this call put there
+        for path in written + [str(p) for p in placed]:
+            if os.path.isfile(path):
+                os.unlink(path)
         raise
     uids = {"sr": str(sr.SeriesInstanceUID)}
     if seg is not None:

@@ -84,14 +84,40 @@ def tracking_uid(source: SourceSeries, model: ModelIdentity, finding_id: str) ->
     return str(generate_uid(entropy_srcs=[source.series_uid, model.sha256, finding_id]))
 
 
+def segment_reference(seg, number: int):
+    """The SR's reference to segment ``number`` of ``seg`` with the source images of its frames.
+
+    Built here rather than by highdicom's ``ReferencedSegment.from_segmentation``, which looks
+    for the segment number in each frame only; a SEG with a single segment holds it in the
+    shared functional groups.
+    """
+    import highdicom as hd
+
+    shared = seg.SharedFunctionalGroupsSequence[0].get("SegmentIdentificationSequence")
+    seen, images = set(), []
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        identification = frame.get("SegmentIdentificationSequence") or shared
+        if int(identification[0].ReferencedSegmentNumber) != number:
+            continue
+        for derivation in frame.DerivationImageSequence:
+            for item in derivation.SourceImageSequence:
+                uid = str(item.ReferencedSOPInstanceUID)
+                if uid not in seen:
+                    seen.add(uid)
+                    images.append(hd.sr.SourceImageForSegmentation(
+                        str(item.ReferencedSOPClassUID), uid))
+    return hd.sr.ReferencedSegment(sop_class_uid=str(seg.SOPClassUID),
+                                   sop_instance_uid=str(seg.SOPInstanceUID),
+                                   segment_number=number, source_images=images)
+
+
 def _group(source: SourceSeries, seg, segment_numbers: Dict[str, int], finding: FindingRecord,
            type_codes: Dict[str, Code3], model: ModelIdentity, algorithm):
     import highdicom as hd
 
     reference = None
     if seg is not None and finding.type in segment_numbers:
-        reference = hd.sr.ReferencedSegment.from_segmentation(
-            seg, segment_number=segment_numbers[finding.type])
+        reference = segment_reference(seg, segment_numbers[finding.type])
     sites = [hd.sr.FindingSite(anatomic_location=coded(LUNG),
                                laterality=coded(LATERALITY[finding.lung])
                                if finding.lung in LATERALITY else None)]
