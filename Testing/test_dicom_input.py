@@ -198,3 +198,14 @@ def test_a_failed_write_leaves_neither_object(jpeg_lossless, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([dicom_out.SEG_FILE,
                                                                   dicom_out.SR_FILE])
     assert written.segment_numbers == {"nodule-mass": 1}
+
+
+@pytest.mark.parametrize("bad, words", [("pacs:104", "HOST:PORT:AET"),
+                                        ("pacs:port:AET", "must be a number"),
+                                        ("pacs:104:" + "A" * 17, "at most 16")])
+def test_a_bad_send_destination_stops_before_anything(bad, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["analyze", str(tmp_path), "--output", str(tmp_path / "out"), "--send", bad])
+    assert stop.value.code == cli.EXIT_CANNOT_START
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -69,8 +69,8 @@ def _expected_masks(case, volume):
 # ------------------------------------------------------------------ files and the failed send
 def test_failed_send_keeps_the_files_and_says_why(case):
     assert case["code"] == cli.EXIT_NOT_SENT, case["text"]
-    assert "NOT SENT" in case["text"] and "cannot reach the PACS" in case["text"] \
-        or "did not accept" in case["text"], case["text"]
+    assert "NOT SENT" in case["text"], case["text"]
+    assert "cannot reach the PACS" in case["text"] and "refused" in case["text"], case["text"]
     for name in ("lesions.seg.dcm", "findings.sr.dcm", "lesions.seg.nrrd", "report.json"):
         assert (case["dir"] / name).is_file()
     assert not [p for p in case["dir"].iterdir() if p.name.startswith(".")]
@@ -338,9 +338,16 @@ def test_review_writes_decisions_and_the_edited_segmentation(case, lidc0001_dico
         review.set_finding_status(roi, "rejected", "vessel crossing, not a nodule")
         results.lungs.GetSegmentation().RemoveSegment("left lung")  # the reviewer's edit
         expected = review.review_report(scene, volume)["findings"][0]
-        written = dicom.write_review_dicom(scene, volume, tmp_path,
-                                           source_files=sorted(map(str, lidc0001_dicom_dir.glob("*.dcm"))),
-                                           reviewer="Reviewer^Test")
+        closed = "127.0.0.1:{}:NOBODY".format(free_port())
+        written, send_error = dicom.save_review_dicom(
+            scene, volume, tmp_path, reviewer="Reviewer^Test", send_to=closed,
+            source_files=sorted(map(str, lidc0001_dicom_dir.glob("*.dcm"))))
+        assert send_error and "cannot reach the PACS" in send_error
+        # a volume that does not come from DICOM gets the specific refusal
+        volume.GetStorageNode().SetFileName(str(tmp_path / "ct.nrrd"))
+        with pytest.raises(dicom.DicomSourceError, match="need a DICOM source"):
+            dicom.write_review_dicom(scene, volume, tmp_path / "never")
+        assert not (tmp_path / "never").exists()
     finally:
         app.close()
     seg = hd.seg.segread(str(written.seg_path))

@@ -47,6 +47,20 @@ def parse_destination(text: str) -> Destination:
     return Destination(host, port, aet)
 
 
+def _reachable(destination: Destination, timeout_s: float) -> None:
+    """A plain TCP connection first: pynetdicom reports an unreachable host only as an aborted
+    association, while the socket error says what is wrong (refused, unknown host, timeout)."""
+    import socket
+
+    try:
+        with socket.create_connection((destination.host, destination.port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise SendError("cannot reach the PACS {}: {}".format(
+            destination, exc.strerror or exc.__class__.__name__ + (": " + str(exc) if str(exc)
+                                                                   else "")))
+
+
 def send_files(paths: Sequence, destination: Destination,
                calling_aet: str = DEFAULT_CALLING_AET, timeout_s: float = 30.0) -> List[str]:
     """C-STORE every file in one association; returns the SOP Instance UIDs stored.
@@ -64,6 +78,7 @@ def send_files(paths: Sequence, destination: Destination,
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [pydicom.uid.ExplicitVRLittleEndian,
                                              pydicom.uid.ImplicitVRLittleEndian])
+    _reachable(destination, timeout_s)
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     except OSError as exc:

@@ -119,14 +119,7 @@ def write_review_dicom(scene, volume_node, folder, source_files: Optional[Sequen
     if source_files is None:
         source_files = dicom_source_files(volume_node)
     if source_files is None:
-        storage = volume_node.GetStorageNode()
-        path = Path(storage.GetFileName()) if storage is not None and storage.GetFileName() \
-            else None
-        if path is None:
-            raise DicomSourceError("DICOM objects need a DICOM source: this volume has no "
-                                   "DICOM instances to reference", volume_node.GetName())
-        files = [str(p) for p in sorted((path if path.is_dir() else path.parent).iterdir())]
-        source_files = files
+        source_files = _files_beside_stored_dicom(volume_node)
     source = dicom_source.load_source_series(volume, source_files)
     findings = []
     for entry in report["findings"]:
@@ -138,6 +131,40 @@ def write_review_dicom(scene, volume_node, folder, source_files: Optional[Sequen
     return dicom_out.write_dicom_objects(folder, source, _review_masks(results), findings,
                                          type_codes({f.type for f in findings}), model,
                                          reviewer=reviewer)
+
+
+def _files_beside_stored_dicom(volume_node) -> List[str]:
+    """The files of the folder a volume was read from as DICOM ("Add data" of a .dcm file or
+    folder); DicomSourceError for a volume read from a volume file or not read at all."""
+    storage = volume_node.GetStorageNode()
+    name = storage.GetFileName() if storage is not None else None
+    path = Path(name) if name else None
+    if path is None or not (path.is_dir() or path.suffix.lower() in (".dcm", "")):
+        raise DicomSourceError("DICOM objects need a DICOM source: this volume was not loaded "
+                               "from DICOM", volume_node.GetName())
+    folder = path if path.is_dir() else path.parent
+    return [str(p) for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+def save_review_dicom(scene, volume_node, folder, reviewer: Optional[str] = None,
+                      send_to: Optional[str] = None,
+                      source_files: Optional[Sequence[str]] = None
+                      ) -> Tuple[dicom_out.DicomObjects, Optional[str]]:
+    """The module's "Save review" + "Send to PACS": write the SEG + SR of the review into
+    ``folder``, index them into Slicer's DICOM database (inside Slicer), and C-STORE them to
+    ``send_to`` (``HOST:PORT:AET``) when given. Returns (objects written, why the send failed
+    or None); a failed send keeps the files. Raises DicomSourceError / DicomWriteError (then
+    nothing is written)."""
+    written = write_review_dicom(scene, volume_node, folder, source_files=source_files,
+                                 reviewer=reviewer)
+    import_into_dicom_database(folder)
+    send_error = None
+    if send_to:
+        try:
+            send(written.paths, send_to)
+        except SendError as exc:
+            send_error = str(exc)
+    return written, send_error
 
 
 def dicom_source_files(volume_node) -> Optional[List[str]]:
