@@ -115,6 +115,12 @@ def test_seg_voxels_equal_seg_nrrd_through_dcmqi(case, source, tmp_path):
         for attrs in group:
             image = sitk.ReadImage(str(tmp_path / "{}.nrrd".format(attrs["labelID"])))
             found[attrs["SegmentLabel"]] = place_on_grid(image, _grid(volume), volume.array.shape)
+            # what Slicer's DICOMSegmentationPlugin turns into the segment's terminology
+            modifier = attrs.get("SegmentedPropertyTypeModifierCodeSequence")
+            if attrs["SegmentLabel"].endswith("lung"):
+                assert modifier["CodeMeaning"].lower() == attrs["SegmentLabel"].split()[0]
+            else:
+                assert attrs["AnatomicRegionSequence"]["CodeValue"] == "39607008"
     assert sorted(found) == sorted(expected)
     for name, mask in expected.items():
         assert np.array_equal(found[name] > 0, mask > 0), name
