@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,11 +25,20 @@ GAP_TOLERANCE = 1.5
 _POSITION_TOLERANCE_MM = 0.05
 
 
-class DicomSourceError(errors.InputError):
-    """The input is not a DICOM series that DICOM objects can reference (not DICOM at all, or
-    several series, mixed orientations, missing slices)."""
+DicomSourceError = errors.DicomSourceError
+DicomSeriesError = errors.DicomSeriesError
 
-    cause = "dicom-source"
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What the slice checks need of one instance (from pydicom or from ITK's dictionary)."""
+
+    label: str  # how the message names it (instance number)
+    image_type: str
+    orientation: Tuple[float, ...]  # Image Orientation (Patient), 6 values
+    rows: int
+    columns: int
+    position: Tuple[float, float, float]  # Image Position (Patient)
 
 
 @dataclass
@@ -97,11 +106,6 @@ def check_series_folder(folder) -> None:
     _check_headers([ds for _, ds in headers], str(folder))
 
 
-def _normal(ds) -> np.ndarray:
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-    return np.cross(iop[:3], iop[3:])
-
-
 def _check_headers(datasets: list, where: str) -> None:
     series = sorted({str(ds.SeriesInstanceUID) for ds in datasets})
     if len(series) > 1:
@@ -110,40 +114,56 @@ def _check_headers(datasets: list, where: str) -> None:
         raise DicomSourceError("the folder holds {} image series ({}); DICOM objects reference "
                                "exactly one: give the folder of one series".format(
                                    len(series), counts), where)
-    def shape_of(ds):
-        return (tuple(round(float(v), 4) for v in ds.ImageOrientationPatient),
-                int(ds.Rows), int(ds.Columns))
+    check_slices([_slice_header(ds) for ds in datasets], where)
 
-    shapes = [shape_of(ds) for ds in datasets]
-    usual = max(set(shapes), key=shapes.count)  # the series is what most instances are
-    odd = [ds for ds, shape in zip(datasets, shapes) if shape != usual]
+
+def _slice_header(ds) -> SliceHeader:
+    return SliceHeader(label=str(ds.get("InstanceNumber", "?")),
+                       image_type="\\".join(ds.get("ImageType", []) or ["?"]),
+                       orientation=tuple(float(v) for v in ds.ImageOrientationPatient),
+                       rows=int(ds.Rows), columns=int(ds.Columns),
+                       position=tuple(float(v) for v in ds.ImagePositionPatient))
+
+
+def check_slices(slices: Sequence[SliceHeader], where: str) -> None:
+    """Raise DicomSeriesError unless the slices form one regular volume.
+
+    Readers stack whatever a series holds: a localizer among the slices, or a gap where slices
+    are missing, silently yields one volume with an averaged slice spacing, so every slice
+    past the defect sits at the wrong place. The series is what most of its instances are;
+    the odd ones are named.
+    """
+    def shape_of(s):
+        return (tuple(round(v, 4) for v in s.orientation), s.rows, s.columns)
+
+    shapes = [shape_of(s) for s in slices]
+    usual = max(set(shapes), key=shapes.count)
+    odd = [s for s, shape in zip(slices, shapes) if shape != usual]
     if odd:
-        ds = odd[0]
-        raise DicomSourceError(
+        raise DicomSeriesError(
             "{} instance{} (the first: number {}, image type {}) {} another orientation or size "
             "than the series ({}x{}, orientation {}): a localizer or a reformat is mixed into "
             "the series; remove it".format(
-                len(odd), "" if len(odd) == 1 else "s", ds.get("InstanceNumber", "?"),
-                "\\".join(ds.get("ImageType", []) or ["?"]), "has" if len(odd) == 1 else "have",
-                usual[1], usual[2], "/".join("{:g}".format(v) for v in usual[0])), where)
-    first = datasets[0]
-    normal = _normal(first)
-    positions = np.sort([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient]))
-                         for ds in datasets])
+                len(odd), "" if len(odd) == 1 else "s", odd[0].label, odd[0].image_type,
+                "has" if len(odd) == 1 else "have", usual[1], usual[2],
+                "/".join("{:g}".format(v) for v in usual[0])), where)
+    iop = np.asarray(slices[0].orientation)
+    normal = np.cross(iop[:3], iop[3:])
+    positions = np.sort([float(np.dot(normal, s.position)) for s in slices])
     steps = np.diff(positions)
     if steps.size and steps.min() < _POSITION_TOLERANCE_MM:
-        raise DicomSourceError("two instances lie at the same slice position ({:.2f} mm): the "
+        raise DicomSeriesError("two instances lie at the same slice position ({:.2f} mm): the "
                                "series holds duplicates or several acquisitions".format(
                                    positions[int(np.argmin(steps))]), where)
     if steps.size >= 2:
-        usual = float(np.median(steps))
-        big = np.nonzero(steps > GAP_TOLERANCE * usual)[0]
+        step = float(np.median(steps))
+        big = np.nonzero(steps > GAP_TOLERANCE * step)[0]
         if big.size:
             i = int(big[0])
-            raise DicomSourceError(
+            raise DicomSeriesError(
                 "missing slices: a gap of {:.2f} mm between slice positions {:.2f} and {:.2f} mm "
                 "where the series steps {:.2f} mm ({} gap{})".format(
-                    steps[i], positions[i], positions[i + 1], usual, big.size,
+                    steps[i], positions[i], positions[i + 1], step, big.size,
                     "" if big.size == 1 else "s"), where)
 
 
