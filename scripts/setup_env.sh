@@ -17,3 +17,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
 fi
 echo "== sample CT (PyRadiomics 3.0.1 lung1/lung2, SHA-256 checked)"
 .venv/bin/python -m ChestCTMTLLib.sample_data
+# Optional test tools (a real PACS and a DICOM validator for Testing/test_dicom_out.py): only as
+# root with apt-get, never fatal; without them those tests skip and say why.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+   && { ! command -v Orthanc >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1; }; then
+  echo "== optional: Orthanc + dicom3tools from Debian (DICOM output tests)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends orthanc dicom3tools \
+    >/dev/null 2>&1 || echo "   (not installed: the PACS/validator tests will skip)"
+fi

@@ -57,6 +57,20 @@ class EmptyDicomFolderError(InputError):
     cause = "empty-dicom-folder"
 
 
+class DicomSeriesError(InputError):
+    """A DICOM series whose slices do not form one regular volume: missing slices, duplicate
+    positions, or an image of another orientation or size (a localizer) mixed in."""
+
+    cause = "dicom-series"
+
+
+class DicomSourceError(InputError):
+    """DICOM objects (SEG, SR) were asked for, but the input is not one DICOM series they can
+    reference (a volume file, or a folder of several series)."""
+
+    cause = "dicom-source"
+
+
 class NotAVolumeError(InputError):
     """2D (a single slice) or 4D / multi-component images: the engine analyses 3D CT only."""
 

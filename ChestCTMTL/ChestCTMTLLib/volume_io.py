@@ -181,15 +181,48 @@ def _read_dicom_folder(folder: Path):
     uid, names = series[0]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)
+    reader.MetaDataDictionaryArrayUpdateOn()  # per-slice headers for _check_slices, no re-read
     try:
         with _QuietITK():
             image = reader.Execute()
     except RuntimeError as exc:
         raise errors.UnreadableFileError(
             "DICOM series %s could not be read (%s)" % (uid, _last_line(exc)), str(folder))
+    _check_slices(reader, len(names), str(folder))
     meta = {"format": "dicom", "series_uid": uid, "n_files": len(names),
             "other_series": [s[0] for s in series[1:]]}
     return image, meta
+
+
+_SLICE_TAGS = ("0020|0037", "0028|0010", "0028|0011", "0020|0032")
+
+
+def _check_slices(reader, n: int, where: str) -> None:
+    """Refuse a series that does not stack into one regular volume (a localizer mixed in,
+    missing slices, duplicates): ITK would stack it anyway with an averaged slice spacing.
+    Series whose headers lack the geometry tags are left to ITK."""
+    from .dicom_source import SliceHeader, check_slices
+
+    slices = []
+    for i in range(n):
+        if not all(reader.HasMetaDataKey(i, tag) for tag in _SLICE_TAGS):
+            return
+
+        def values(tag):
+            return [float(v) for v in reader.GetMetaData(i, tag).strip().split("\\") if v.strip()]
+
+        label = reader.GetMetaData(i, "0020|0013").strip() \
+            if reader.HasMetaDataKey(i, "0020|0013") else str(i + 1)
+        image_type = reader.GetMetaData(i, "0008|0008").strip() \
+            if reader.HasMetaDataKey(i, "0008|0008") else "?"
+        orientation, position = values("0020|0037"), values("0020|0032")
+        if len(orientation) != 6 or len(position) != 3:
+            return
+        slices.append(SliceHeader(label=label or str(i + 1), image_type=image_type,
+                                  orientation=tuple(orientation),
+                                  rows=int(values("0028|0010")[0]),
+                                  columns=int(values("0028|0011")[0]), position=tuple(position)))
+    check_slices(slices, where)
 
 
 # --------------------------------------------------------------------------- files

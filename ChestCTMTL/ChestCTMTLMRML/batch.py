@@ -34,6 +34,7 @@ class CaseOutcome:
     seconds: float = 0.0
     predicted_class: Optional[str] = None
     n_findings: int = 0
+    send_error: Optional[str] = None  # --send: the case is written but did not reach the PACS
 
     @property
     def ok(self) -> bool:
@@ -118,15 +119,21 @@ class _Progress:
 
 def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
                 progress: Optional[Callable[[float, str], None]] = None, preview: bool = True,
-                lobes=None):
+                lobes=None, dicom: bool = False):
     """Read, analyse (with ``analyzer``, an :class:`~ChestCTMTLLib.inference.Analyzer`) and
     write one input; returns (case folder, AnalysisResult). ``lobes``: another segmenter's lobe
-    file or folder for this input (:func:`ChestCTMTLLib.lobes_io.read_lobes`). Raises on
-    failure, and then nothing is written."""
+    file or folder for this input (:func:`ChestCTMTLLib.lobes_io.read_lobes`). ``dicom`` adds
+    lesions.seg.dcm + findings.sr.dcm (a DICOM series input only: checked before the
+    analysis). Raises on failure, and then nothing is written."""
     from ChestCTMTLLib.volume_io import case_name, read_ct
 
     report = progress or (lambda fraction, stage: None)
     report(0.0, "reading")
+    extra_writer = None
+    if dicom:
+        from . import dicom as dicom_objects
+
+        extra_writer = _dicom_source_check(input_path, dicom_objects)
     volume = read_ct(input_path)
     lobe_masks = None
     if lobes is not None:
@@ -138,15 +145,42 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
     report(0.92, "writing")
     case_dir = files.case_dir_for(output_dir, case_name(input_path))
     files.write_case(scene, volume, result, case_dir, mrb=mrb, input_path=str(input_path),
-                     preview=preview)
+                     preview=preview, extra_writer=extra_writer and (
+                         lambda folder: extra_writer(folder, volume, result)))
     report(1.0, "done")
     return case_dir, result
+
+
+def _dicom_source_check(input_path, dicom_objects):
+    """Refuse an input DICOM objects cannot reference before spending an analysis on it;
+    returns the writer of the case's DICOM objects."""
+    from ChestCTMTLLib import dicom_out, dicom_source
+
+    if not Path(input_path).is_dir():
+        raise dicom_source.DicomSourceError(
+            "DICOM objects need a DICOM source: this input is a file, not a DICOM series "
+            "folder", str(input_path))
+    dicom_out.require_dependencies()
+    dicom_source.check_series_folder(input_path)
+    return dicom_objects.write_result_dicom
+
+
+def _send_case(outcome: CaseOutcome, destination: str) -> None:
+    from . import dicom as dicom_objects
+
+    try:
+        dicom_objects.send(dicom_objects.case_dicom_files(outcome.case_dir), destination)
+    except ChestCTMTLError as exc:
+        outcome.send_error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a failed send keeps the files whatever the cause
+        outcome.send_error = "{}: {}".format(type(exc).__name__, exc)
 
 
 def analyze_inputs(inputs: Sequence, output_dir, model=None,
                    options: Optional[AnalysisOptions] = None, mrb: bool = False, scene=None,
                    progress_bar: bool = True, stream=None, preview: bool = True,
-                   analyzer=None, lobes=None, **option_values) -> List[CaseOutcome]:
+                   analyzer=None, lobes=None, dicom: bool = False, send: Optional[str] = None,
+                   **option_values) -> List[CaseOutcome]:
     """Analyse every input into ``output_dir/<case>/``; one CaseOutcome per input, in order.
 
     The options are resolved once, here: ``options`` (an :class:`AnalysisOptions`) with any
@@ -157,6 +191,8 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
     preview.png. ``progress_bar`` shows progress on ``stream`` (default stderr): a tqdm bar
     on a terminal, plain lines elsewhere or without tqdm (:class:`_Progress`). ``lobes``: a
     lobe file or folder (another segmenter's) for a single input.
+    preview.png; ``dicom`` the DICOM SEG + SR, which ``send`` (``HOST:PORT:AET``) then
+    C-STOREs to a PACS (a failed send keeps the case: ``CaseOutcome.send_error`` says why).
 
     What must hold before any input is touched raises (nothing can be done without it, and
     nothing is written): :class:`OptionError`, ModelError, DeviceUnavailableError,
@@ -191,10 +227,13 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
             started = time.perf_counter()
             try:
                 case_dir, result = analyze_one(input_path, output_dir, analyzer, mrb, scene,
-                                               bar.progress, preview=preview, lobes=lobes)
+                                               bar.progress, preview=preview, lobes=lobes,
+                                               dicom=dicom or bool(send))
                 outcome.case_dir = case_dir
                 outcome.predicted_class = result.predicted_class
                 outcome.n_findings = len(result.findings)
+                if send:
+                    _send_case(outcome, send)
             except ChestCTMTLError as exc:
                 outcome.error, outcome.cause = str(exc), exc.cause
             except (OSError, files.CaseWriteError) as exc:
@@ -206,6 +245,8 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
                 _LOG.debug("%s", traceback.format_exc())
                 traceback.print_exc(file=stream)
             outcome.seconds = time.perf_counter() - started
+            if outcome.send_error:
+                bar.write("not sent {}: {}".format(input_path, outcome.send_error))
             if not outcome.ok:
                 bar.write("skipped {} ({}): {}".format(input_path, outcome.cause, outcome.error))
             outcomes.append(outcome)
@@ -225,12 +266,22 @@ def summary_lines(outcomes: Sequence[CaseOutcome]) -> List[str]:
                 "" if outcome.n_findings == 1 else "s", outcome.seconds))
         else:
             lines.append("FAILED  {} [{}]: {}".format(outcome.input, outcome.cause, outcome.error))
+        if outcome.send_error:
+            lines.append("NOT SENT {} (files kept in {}): {}".format(
+                outcome.input, outcome.case_dir, outcome.send_error))
     failed = sum(not o.ok for o in outcomes)
     lines.append("{} input{} analysed, {} failed".format(
         len(outcomes) - failed, "" if len(outcomes) - failed == 1 else "s", failed))
     return lines
 
 
+#: every input analysed and written, but some case did not reach the PACS (--send)
+EXIT_NOT_SENT = 3
+
+
 def exit_code(outcomes: Sequence[CaseOutcome]) -> int:
-    """0 when every input was analysed, 1 when any failed."""
-    return 0 if outcomes and all(o.ok for o in outcomes) else 1
+    """0 when every input was analysed (and sent), 1 when any failed, 3 when all were written
+    but some could not be sent."""
+    if not (outcomes and all(o.ok for o in outcomes)):
+        return 1
+    return EXIT_NOT_SENT if any(o.send_error for o in outcomes) else 0

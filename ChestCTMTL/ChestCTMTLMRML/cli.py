@@ -1,5 +1,5 @@
 """``chestctmtl analyze INPUT [INPUT ...] --output OUTDIR [--model DIR] [--device ...]
-[--score-threshold S] [--mrb] [--no-preview] [--lobes PATH]``.
+[--score-threshold S] [--mrb] [--no-preview] [--lobes PATH] [--dicom [--send HOST:PORT:AET]]``.
 
 Runs outside Slicer on a headless slicer-core scene, through the same functions as the Slicer
 module and the batch script. The command line becomes one
@@ -7,7 +7,9 @@ module and the batch script. The command line becomes one
 ranges and their messages are those of :mod:`ChestCTMTLLib.options`, and one
 :class:`~ChestCTMTLLib.inference.Analyzer` analyses every input. Exit codes: 0 all inputs
 analysed; 1 at least one input failed (the others are written); 2 nothing could start (no
-model, no such device, bad arguments, a missing Python package, any unexpected error).
+model, no such device, bad arguments, a missing Python package, any unexpected error); 3 every
+case was written but some could not be sent to the PACS (``--send``; the files stay in the
+case folders).
 :func:`run_analyze` never lets an exception out: inside Slicer (``--python-script``) an
 uncaught one would leave the application running with no window, so every failure becomes a
 message on stderr and an exit code.
@@ -24,6 +26,7 @@ from ChestCTMTLLib.options import DEVICES, PRECISIONS, RANGES, AnalysisOptions, 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_CANNOT_START = 2
+EXIT_NOT_SENT = 3
 
 
 def _option_type(name: str, parse: Callable) -> Callable:
@@ -81,6 +84,21 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = Fa
                              "per-lobe involvement and the Pan et al. CT severity score: a "
                              "TotalSegmentator output folder, a Slicer .seg.nrrd, or a label map "
                              "(lungmask LTRCLobes 1-5, TotalSegmentator --ml 10-14)")
+    parser.add_argument("--dicom", action="store_true",
+                        help="also write lesions.seg.dcm (DICOM SEG) and findings.sr.dcm (TID 1500 "
+                             "SR) referencing the source series; DICOM series inputs only")
+    parser.add_argument("--send", type=_destination, default=None, metavar="HOST:PORT:AET",
+                        help="C-STORE the DICOM objects to this PACS (implies --dicom); a failed "
+                             "send keeps the files and exits with {}".format(EXIT_NOT_SENT))
+
+
+def _destination(text: str) -> str:
+    from ChestCTMTLLib.dicom_send import parse_destination
+
+    try:
+        return str(parse_destination(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def options_from_args(args) -> AnalysisOptions:
@@ -146,7 +164,9 @@ def run_analyze(args, scene=None, out=None, err=None) -> int:
                                         options=options, mrb=args.mrb, scene=scene,
                                         progress_bar=not args.no_progress, stream=err,
                                         preview=not getattr(args, "no_preview", False),
-                                        lobes=getattr(args, "lobes", None))
+                                        lobes=getattr(args, "lobes", None),
+                                        dicom=getattr(args, "dicom", False),
+                                        send=getattr(args, "send", None))
     except ChestCTMTLError as exc:
         print("chestctmtl: cannot start ({}): {}".format(exc.cause, exc), file=err)
         return EXIT_CANNOT_START

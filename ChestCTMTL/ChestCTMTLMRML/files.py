@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Callable, List, Optional, Union
 
 from ChestCTMTLLib import preview as preview_png
 from ChestCTMTLLib.lungs import LUNG_NAMES
@@ -166,7 +166,8 @@ def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: P
 
 def write_case(scene, volume, result: AnalysisResult, case_dir: Union[str, Path],
                mrb: bool = False, input_path: Optional[str] = None,
-               preview: bool = True) -> Path:
+               preview: bool = True,
+               extra_writer: Optional[Callable[[Path], object]] = None) -> Path:
     """Write one case atomically to ``case_dir`` (which must not exist yet) and return it.
 
     ``volume`` is the analysed CTVolume or its volume node (copied, never modified; results
@@ -178,7 +179,9 @@ def write_case(scene, volume, result: AnalysisResult, case_dir: Union[str, Path]
     gives each node without a storage node a default one that stays
     (vtkMRMLScene::SaveSceneToSlicerDataBundleDirectory, Slicer 5.8.0 to 5.12.3, restores the
     file names but keeps those), which must not happen to a user's nodes. ``preview`` adds
-    preview.png (when matplotlib is available).
+    preview.png (when matplotlib is available). ``extra_writer(folder)`` adds more files to the case
+    (e.g. the DICOM objects) before the folder is renamed into place, so they share its
+    all-or-nothing fate.
     """
     case_dir = Path(case_dir)
     if not isinstance(volume, CTVolume):
@@ -193,6 +196,8 @@ def write_case(scene, volume, result: AnalysisResult, case_dir: Union[str, Path]
             _write_case_files(working, volume, result, temporary, case_dir.name, mrb, input_path)
         if preview:
             write_preview(result, temporary / PREVIEW_FILE, title=case_dir.name)
+        if extra_writer is not None:
+            extra_writer(temporary)
         os.chmod(temporary, 0o777 & ~_umask())
         if case_dir.exists():  # appeared while we were writing: never merge into it
             raise FileExistsError("case folder appeared while writing: {}".format(case_dir))
