@@ -206,11 +206,6 @@ def test_analysis_with_lobes_gives_the_pan_score(covid_case):
     ct, lobes, report, out = covid_case
     lobar = report["involvement"]["lobes"]
     assert set(lobar["lobes"]) == set(LOBES)
-    import SimpleITK as sitk
-
-    case = next(out.glob("*/"))
-    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lungs.seg.nrrd")))
-    assert seg.shape[-3:] == ct.array.shape or seg.shape[:3] == ct.array.shape
     voxel_ml = float(np.prod(ct.spacing)) / 1000.0
     total = 0
     for name in LOBES:
