@@ -9,6 +9,7 @@ the module always loads, even in a Slicer without PyTorch, and offers to install
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -196,7 +197,10 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.scoreThresholdSliderWidget.minimum = low
         self.ui.scoreThresholdSliderWidget.maximum = high
         self._refreshEnvironment()
-        self.logic.loadTerminology()
+        try:
+            self.logic.loadTerminology()
+        except Exception:  # noqa: BLE001 - the selector then lacks our codes; segments keep theirs
+            logging.warning("ChestCTMTL: terminology context not loaded", exc_info=True)
 
         self._pollTimer = qt.QTimer()
         self._pollTimer.setSingleShot(True)

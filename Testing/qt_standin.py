@@ -580,8 +580,27 @@ class Qt:
 
 
 class QMessageBox:
+    """The enums, and a box ``slicer.util.MessageDialog`` shows while work runs (recorded in
+    :attr:`App.dialogs` with ``status=True`` when shown, ``closed=True`` when accepted)."""
+
     NoButton, Ok, Cancel, Yes, No = 0, 0x400, 0x400000, 0x4000, 0x10000
     NoIcon, Information, Warning, Critical, Question = 0, 1, 2, 3, 4
+
+    def __init__(self, *args):
+        self.entry = dict(text="", status=True, closed=False)
+
+    def setStandardButtons(self, buttons) -> None:
+        self.entry["standardButtons"] = buttons
+
+    def setText(self, text) -> None:
+        self.entry["text"] = text
+
+    def show(self) -> None:
+        self.entry["cursor_depth"] = App.current.cursor_depth
+        App.current.dialogs.append(self.entry)
+
+    def accept(self) -> None:
+        self.entry["closed"] = True
 
 
 class QDir:
@@ -635,6 +654,11 @@ class App(QObject):
     def testingEnabled(self) -> bool:
         return False
 
+    def layoutManager(self):
+        """No view widgets: slicer.util's display helpers then work on the scene's slice
+        composite nodes only (and skip fitting), as they do when no layout is shown."""
+        return None
+
     def commandOptions(self):
         return _CommandOptions()
 
@@ -668,7 +692,7 @@ def _qt_module() -> types.ModuleType:
     module = types.ModuleType("qt")
     module.__chestctmtl_qt_standin__ = True
     for name, obj in list(WIDGET_CLASSES.items()) + list(LAYOUT_CLASSES.items()) + [
-            ("QObject", QObject), ("QTimer", QTimer), ("QTableWidgetItem", QTableWidgetItem),
+            ("QObject", QObject), ("QAbstractButton", QAbstractButton), ("QTimer", QTimer), ("QTableWidgetItem", QTableWidgetItem),
             ("QFile", QFile), ("QUiLoader", QUiLoader), ("Qt", Qt), ("QMessageBox", QMessageBox),
             ("QDir", QDir), ("QFileDialog", QFileDialog), ("QApplication", QApplication)]:
         setattr(module, name, obj)
