@@ -7,6 +7,7 @@ parameter node's GUI binding is Testing/slicer_standins.py's copy of Slicer's, w
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -285,7 +286,7 @@ def test_install_offer_without_a_wait_cursor_and_declined_changes_nothing(app, c
 @pytest.mark.parametrize("version", ["5.8", "5.12"])
 def test_after_installing_the_panel_refreshes(app, ct, scene, monkeypatch, tmp_path, version):
     """pip installs into a folder on sys.path; the check after it sees the new package
-    (importlib.invalidate_caches), the device line is read again, and the analysis goes on.
+    (importlib.invalidate_caches: failed before the fix), the device line is read again, and the analysis goes on.
     "5.12": through ``slicer.packaging.pip_ensure`` (Base/Python/slicer/packaging.py, v5.12.3;
     absent before 5.12); "5.8": ``slicer.util.pip_install`` under a status box."""
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -295,8 +296,12 @@ def test_after_installing_the_panel_refreshes(app, ct, scene, monkeypatch, tmp_p
 
     def install(requirements):  # what pip leaves behind: a package on the path
         installs.append(requirements)
+        before = os.stat(tmp_path)
         (tmp_path / "chestctmtl_fresh_pkg").mkdir()
         (tmp_path / "chestctmtl_fresh_pkg" / "__init__.py").write_text("")
+        # a file system with coarse timestamps (FAT, SMB: 2 s) shows the folder unchanged, so
+        # only importlib.invalidate_caches() makes the import system look again
+        os.utime(tmp_path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
     if version == "5.12":
         packaging = types.ModuleType("slicer.packaging")
