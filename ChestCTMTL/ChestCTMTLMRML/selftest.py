@@ -19,7 +19,7 @@ import numpy as np
 import slicer
 import vtk
 
-from ChestCTMTLLib import errors, modelio, paths
+from ChestCTMTLLib import errors, paths
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES, AnalysisResult, Finding, ModelIdentity
 from ChestCTMTLLib.volume_io import find_dicom_series
 
@@ -93,6 +93,8 @@ class SelfTestCases:
 
     # ---------------------------------------------------------------- helpers
     def _model(self) -> Path:
+        from ChestCTMTLLib import modelio  # imports torch: only once skip_reason() is ""
+
         return modelio.create_untrained_model_folder(Path(self._tmp.name) / "model", seed=0)
 
     def _loadRealCT(self, name: str, first: int, count: int):
