@@ -161,7 +161,8 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     POLL_YIELD_S = 0.002
 
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # state first: without a parent, Slicer's base __init__ calls setup() itself
+        # (Base/Python/slicer/ScriptedLoadableModule.py, v5.8.0 to v5.12.3)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
@@ -173,6 +174,7 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = None
         self._updatingFindings = False
         self._shownNote = None  # (ROI id, stored note) last written into the note field
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     # -------------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -652,5 +654,4 @@ class ChestCTMTLTest(SelfTestCases, ScriptedLoadableModuleTest):
                 return slicer.util.getModuleWidget("ChestCTMTL")
             except Exception:  # noqa: BLE001 - not registered (module loaded by path)
                 pass
-        widget = ChestCTMTLWidget()
-        return widget
+        return ChestCTMTLWidget()  # RuntimeError without Qt (headless stand-ins)

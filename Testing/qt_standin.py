@@ -17,7 +17,8 @@ It follows what the widget code relies on in Slicer, and nothing more:
   nothing; ``blockSignals`` works.
 * Timers never fire by themselves: :func:`fire_timers` runs the active ones (single-shot ones
   stop first, as in Qt). ``slicer.app.processEvents()`` runs the hooks a test queued
-  (:attr:`App.on_process_events`), e.g. a click that was waiting in the event queue.
+  (:attr:`App.on_process_events`, e.g. a click that was waiting in the event queue), then the
+  active timers.
 * Dialogs: ``slicer.util.confirmOkCancelDisplay`` & co. run unchanged down to
   ``messageBox``, which records (text, title, buttons, icon, override-cursor depth) in
   :attr:`App.dialogs` and returns the answer the test queued in :attr:`App.answers` for a
@@ -666,10 +667,13 @@ class App(QObject):
         return [self.main_window]
 
     def processEvents(self, *args) -> None:
+        """Queued events first (the test's hooks), then the timers that are due (all active
+        ones: the stand-in has no clock), as one pass of Qt's event loop."""
         self.process_events_calls += 1
         hooks, self.on_process_events = self.on_process_events, []
         for hook in hooks:
             hook()
+        fire_timers()
 
     def setOverrideCursor(self, cursor) -> None:
         self.cursor_depth += 1

@@ -435,3 +435,16 @@ def test_voxels_of_the_input_are_never_modified(app, ct):
     panel.ui.analyzeButton.click()
     panel.run_until_done()
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct), voxels)
+
+
+def test_self_test_panel_case_runs_on_the_stand_ins(app, scene):
+    """The module's own panel case (ChestCTMTLMRML.selftest), here on the Qt stand-in."""
+    for _ in ("Red", "Yellow", "Green"):
+        scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    case = module.ChestCTMTLTest()
+    case.setUp()
+    try:
+        case.test_ChestCTMTL_Panel()
+    finally:
+        case.tearDown()
+

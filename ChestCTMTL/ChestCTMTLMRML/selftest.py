@@ -74,12 +74,16 @@ class SelfTestCases:
     def makeLogic(self):  # pragma: no cover - supplied by the module's ChestCTMTLTest
         raise NotImplementedError
 
+    def makeWidget(self):  # pragma: no cover - supplied by the module's ChestCTMTLTest
+        raise NotImplementedError
+
     def runTest(self):
         """Every case; a case whose needs are not met here is skipped with the reason (a
         SkipTest inside unittest, as ctest runs it; a logged line from Slicer's Reload-and-Test)."""
         skipped = []
-        for test in (self.test_ChestCTMTL_Terminology, self.test_ChestCTMTL_ResultsReplaceCancel,
-                     self.test_ChestCTMTL_Review):
+        cases = (self.test_ChestCTMTL_Terminology, self.test_ChestCTMTL_ResultsReplaceCancel,
+                 self.test_ChestCTMTL_Review, self.test_ChestCTMTL_Panel)
+        for test in cases:
             self.setUp()
             try:
                 test()
@@ -88,7 +92,7 @@ class SelfTestCases:
                 self.delayDisplay("Skipped " + skipped[-1])
             finally:
                 self.tearDown()
-        if skipped and len(skipped) == 3:
+        if skipped and len(skipped) == len(cases):
             raise unittest.SkipTest("; ".join(skipped))
 
     # ---------------------------------------------------------------- helpers
@@ -306,3 +310,113 @@ class SelfTestCases:
         self.assertAlmostEqual(report["lesion_volumes_mm3"]["nodule-mass"], 12 * voxelMm3, places=0)
         self.assertAlmostEqual(report["findings"][0]["volume_mm3_segmentation"], 12 * voxelMm3, places=0)
         self.delayDisplay("Test passed")
+
+    # ---------------------------------------------------------------- the panel
+    def _inSlicer(self) -> bool:
+        return hasattr(getattr(slicer, "modules", None), "chestctmtl")
+
+    def _show(self, widget, shown: bool) -> None:
+        """What switching modules does: Slicer's module selector in the application, the
+        widget's enter()/exit() otherwise."""
+        if self._inSlicer():
+            slicer.util.selectModule("ChestCTMTL" if shown else "Data")
+            return
+        widget.parent.isEntered = shown
+        widget.enter() if shown else widget.exit()
+
+    @staticmethod
+    def _runEventLoop(widget, timeout: float = 600.0) -> list:
+        """Process events until the panel's analysis is over; the progress bar values seen."""
+        import time
+
+        values, end = [], time.monotonic() + timeout
+        while widget._job is not None:
+            if time.monotonic() > end:
+                raise AssertionError("the analysis did not finish in {:.0f} s".format(timeout))
+            slicer.app.processEvents()
+            values.append(widget.ui.progressBar.value)
+        return values
+
+    def test_ChestCTMTL_Panel(self):
+        """The panel as a user drives it: enter/exit/re-enter keeps the device, Analyze ->
+        progress -> results, display buttons, Cancel, scene close mid-run, loading a .mrb.
+
+        In Slicer this is the application's own panel (real Qt event loop, real views: the
+        slice layers, 3D surfaces and jumps below are what a user sees). Under pytest it runs
+        on Testing/qt_standin.py, which shows the wiring, not Qt's event loop or rendering.
+        """
+        if skip_reason():
+            raise unittest.SkipTest(skip_reason())
+        try:
+            widget = self.makeWidget()
+        except RuntimeError as e:  # no Qt: the headless stand-ins
+            raise unittest.SkipTest("needs the module panel: {}".format(e)) from None
+        logic = widget.logic
+        self.delayDisplay("Panel: enter, choose the CPU, leave and come back")
+        volumeA = self._loadRealCT("CT-panel-A", 60, self.N_SLICES)
+        volumeB = self._loadRealCT("CT-panel-B", 80, self.N_SLICES)
+        self._show(widget, True)
+        widget.ui.inputVolumeSelector.setCurrentNode(volumeA)
+        widget.ui.deviceComboBox.currentIndex = widget.ui.deviceComboBox.findText("cpu") \
+            if hasattr(widget.ui.deviceComboBox, "findText") else 1
+        self.assertEqual(widget._parameterNode.device, "cpu")
+        for _ in range(2):
+            self._show(widget, False)
+            self._show(widget, True)
+        self.assertEqual(widget._parameterNode.device, "cpu")
+        self.assertEqual(widget.ui.deviceComboBox.currentText, "cpu")
+
+        self.delayDisplay("Panel: Analyze, progress, results")
+        self.assertTrue(widget.ui.analyzeButton.enabled, widget.ui.analyzeButton.toolTip)
+        widget.ui.analyzeButton.click()
+        self.assertEqual(widget.ui.analyzeButton.text, "Cancel")
+        progress = self._runEventLoop(widget)
+        self.assertTrue(widget.ui.stageLabel.text.startswith("Done in"), widget.ui.stageLabel.text)
+        self.assertEqual(progress, sorted(progress))
+        resultsA = logic.resultNodes(volumeA)
+        self.assertIsNotNone(resultsA)
+        self.assertIn("research use only", widget.ui.verdictLabel.text)
+
+        self.delayDisplay("Panel: display buttons")
+        composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+        if composite is not None:  # the application's views (or a scene that has slice views)
+            self.assertEqual(composite.GetBackgroundVolumeID(), volumeA.GetID())
+            if resultsA.reconstruction is not None:
+                widget.ui.compareReconstructionButton.checked = True
+                self.assertEqual(composite.GetForegroundVolumeID(), resultsA.reconstruction.GetID())
+                widget.ui.compareReconstructionButton.checked = False
+                self.assertIsNone(composite.GetForegroundVolumeID())
+        if resultsA.segmentation is not None:
+            widget.ui.show3DButton.checked = True
+            self.assertTrue(resultsA.segmentation.GetDisplayNode().GetVisibility3D())
+            widget.ui.show3DButton.checked = False
+        if widget.ui.findingsTableWidget.rowCount() > 0:
+            widget.ui.findingsTableWidget.selectRow(0)
+            self.assertTrue(widget.ui.acceptFindingButton.enabled)
+        mrb = Path(self._tmp.name) / "panel.mrb"
+        logic.saveReview(volumeA, mrb)
+
+        self.delayDisplay("Panel: Cancel leaves the scene unchanged")
+        widget.ui.inputVolumeSelector.setCurrentNode(volumeB)
+        counts = self._counts(slicer.mrmlScene)
+        widget.ui.analyzeButton.click()
+        widget.ui.analyzeButton.click()
+        self._runEventLoop(widget)
+        self.assertEqual(widget.ui.stageLabel.text, "Cancelled; the scene is unchanged.")
+        self.assertEqual(self._counts(slicer.mrmlScene), counts)
+
+        self.delayDisplay("Panel: closing the scene during a run discards it")
+        widget.ui.analyzeButton.click()
+        slicer.mrmlScene.Clear(False)
+        self._runEventLoop(widget)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 0)
+        self.assertEqual(widget.ui.analyzeButton.text, "Analyze")
+
+        self.delayDisplay("Panel: loading a saved review shows its results")
+        self.assertTrue(slicer.mrmlScene.ReadFromMRB(str(mrb)))
+        loaded = slicer.mrmlScene.GetFirstNodeByName("CT-panel-A")
+        widget.ui.inputVolumeSelector.setCurrentNode(loaded)
+        self.assertIn("research use only", widget.ui.verdictLabel.text)
+        self._show(widget, False)
+        self.delayDisplay("Test passed")
+
