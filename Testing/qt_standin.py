@@ -11,7 +11,8 @@ It follows what the widget code relies on in Slicer, and nothing more:
   (``SlicerParameterName``). ``childWidgetVariables`` and ``findChildren`` are Slicer's own.
 * Signals: PythonQt's two spellings, ``w.connect("clicked(bool)", slot)`` and
   ``w.clicked.connect(slot)``; a slot taking fewer arguments than the signal gets the first
-  ones (PythonQt does the same). Property writes emit what Qt emits: ``checked`` ->
+  ones (PythonQt does the same); an exception escaping a slot is logged and kept in
+  :attr:`App.slot_errors`, and the emit goes on, as PythonQt does. Property writes emit what Qt emits: ``checked`` ->
   ``toggled(bool)``, ``currentIndex`` -> ``currentIndexChanged(int)``, ``value`` ->
   ``valueChanged``, ``setCurrentNode`` -> ``currentNodeChanged``; an unchanged value emits
   nothing; ``blockSignals`` works.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import sys
 import types
 import xml.etree.ElementTree as ET
@@ -60,7 +62,13 @@ class Signal:
         if getattr(self._owner, "_blocked", False):
             return
         for slot in list(self._slots):
-            _call(slot, args)
+            try:
+                _call(slot, args)
+            except Exception as e:  # PythonQt prints an exception escaping a slot and goes on
+                if App.current is None:
+                    raise
+                App.current.slot_errors.append(e)
+                logging.error("exception in slot %r", slot, exc_info=True)
 
 
 def _call(slot, args):
@@ -651,6 +659,7 @@ class App(QObject):
         self.answers: List[int] = []
         self.on_process_events: List[Callable[[], None]] = []
         self.process_events_calls = 0
+        self.slot_errors: List[BaseException] = []
 
     def testingEnabled(self) -> bool:
         return False

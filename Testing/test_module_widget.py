@@ -68,6 +68,7 @@ def app(scene, registry_dir, monkeypatch):
         scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
     with qt_standin.activate(module) as app:
         yield app
+        assert app.slot_errors == [], "a slot raised (PythonQt would print it): %r" % app.slot_errors
         for panel in Panel.made:  # as Slicer does when the application closes
             panel.exit()
             panel.widget.cleanup()
@@ -447,4 +448,36 @@ def test_self_test_panel_case_runs_on_the_stand_ins(app, scene):
         case.test_ChestCTMTL_Panel()
     finally:
         case.tearDown()
+
+
+@pytest.mark.parametrize("version,tag", [("5.8", None), ("5.12", 0)])
+def test_the_stand_in_connect_gui_tag_follows_slicer(app, scene, version, tag, monkeypatch):
+    """wrapper.py's _connectGui returns None at v5.8.0/v5.8.1 and the tag from v5.10.0 on;
+    connectParametersToGui returns the tag on both."""
+    monkeypatch.setitem(slicer_standins.BEHAVIOUR, "slicer", version)
+    panel = Panel()
+    node = panel.widget.logic.getParameterNode()
+    assert node.connectGui(panel.ui) == tag
+    assert node.connectParametersToGui({"device": panel.ui.deviceComboBox}) == 1
+
+
+def test_a_loaded_old_torch_asks_for_an_update_and_a_restart(app, ct, scene, monkeypatch):
+    """The offer names the old torch; agreeing explains that the update needs the PyTorch
+    module and a restart (the loaded torch cannot be replaced in the running Slicer)."""
+    import torch
+
+    monkeypatch.setattr(torch, "__version__", "1.13.1+cpu")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.ModuleType("PyTorchUtils"))
+    panel = Panel()
+    panel.enter()
+    before = counts(scene)
+    app.answers.append(Ok)
+    panel.ui.analyzeButton.click()
+    questions = [d for d in app.dialogs if d.get("icon") == qt_standin.QMessageBox.Question]
+    errors_shown = [d for d in app.dialogs if d.get("icon") == qt_standin.QMessageBox.Critical]
+    assert "torch 2.0 or newer (installed: 1.13.1+cpu)" in questions[0]["text"]
+    assert errors_shown and "restart Slicer" in errors_shown[0]["text"]
+    assert [type(e).__name__ for e in app.slot_errors] == ["ChestCTMTLError"]  # shown, re-raised
+    app.slot_errors.clear()
+    assert panel.widget._job is None and counts(scene) == before and app.cursor_depth == 0
 

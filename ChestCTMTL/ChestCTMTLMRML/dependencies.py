@@ -127,8 +127,15 @@ def _install_torch() -> bool:
             "torch {} is loaded but ChestCTMTL needs {} or newer: update it in the PyTorch "
             "module (PyTorch Utils), restart Slicer and try again."
             .format(installed_torch_version(), MINIMUM_TORCH_VERSION))
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-        askConfirmation=False, torchVersionRequirement=">=" + MINIMUM_TORCH_VERSION)
+    import slicer
+
+    # installTorch runs light-the-torch ("install torch>=2.0 torchvision", which also upgrades
+    # an older torch) and imports torch (SlicerPyTorch PyTorchUtils/PyTorchUtils.py); it shows
+    # no progress of its own, so a status box says what the minutes are spent on
+    with slicer.util.MessageDialog("Installing PyTorch for ChestCTMTL; this may take several "
+                                   "minutes..."):
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, torchVersionRequirement=">=" + MINIMUM_TORCH_VERSION)
     importlib.invalidate_caches()
     return torch is not None
 
