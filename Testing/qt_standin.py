@@ -9,6 +9,8 @@ It follows what the widget code relies on in Slicer, and nothing more:
   ``Base/Python/slicer/util.py``) through :class:`QUiLoader`, which reads the .ui XML: class,
   objectName, properties (text, checked, toolTip, minimum/maximum/value) and dynamic properties
   (``SlicerParameterName``). ``childWidgetVariables`` and ``findChildren`` are Slicer's own.
+* Qt properties are attributes, as PythonQt exposes them (``combo.count``,
+  ``table.rowCount``, ``timer.interval``); everything else is a method.
 * Signals: PythonQt's two spellings, ``w.connect("clicked(bool)", slot)`` and
   ``w.clicked.connect(slot)``; a slot taking fewer arguments than the signal gets the first
   ones (PythonQt does the same); an exception escaping a slot is logged and kept in
@@ -320,6 +322,9 @@ class QComboBox(_Emitting):
         if self.currentIndex < 0:
             self.currentIndex = 0
 
+    def findText(self, text) -> int:
+        return next((i for i, item in enumerate(self._items) if item["text"] == text), -1)
+
     def itemText(self, index) -> str:
         return self._items[index]["text"] if 0 <= index < len(self._items) else ""
 
@@ -409,7 +414,8 @@ class QTableWidget(QWidget):
     def setColumnCount(self, n) -> None:
         self._columns = n
 
-    def columnCount(self) -> int:
+    @property
+    def columnCount(self) -> int:  # a Q_PROPERTY: an attribute in PythonQt
         return self._columns
 
     def setHorizontalHeaderLabels(self, labels) -> None:
@@ -427,7 +433,8 @@ class QTableWidget(QWidget):
             self._selected = None
             self.itemSelectionChanged.emit()
 
-    def rowCount(self) -> int:
+    @property
+    def rowCount(self) -> int:  # a Q_PROPERTY: an attribute in PythonQt
         return self._rows
 
     def setItem(self, row, col, item) -> None:
@@ -466,7 +473,8 @@ class QTimer(QObject):
     def setInterval(self, msec) -> None:
         self._interval = int(msec)
 
-    def interval(self) -> int:
+    @property
+    def interval(self) -> int:  # a Q_PROPERTY: an attribute in PythonQt
         return self._interval
 
     def setSingleShot(self, single) -> None:

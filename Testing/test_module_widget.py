@@ -182,7 +182,7 @@ def test_analyze_shows_progress_then_results(app, ct, scene, monkeypatch):
     assert panel.widget._job is not None
     assert panel.ui.analyzeButton.text == "Cancel" and panel.ui.progressBar.visible
     timer = panel.widget._pollTimer
-    assert timer.isActive() and timer.isSingleShot() and timer.interval() == 0
+    assert timer.isActive() and timer.isSingleShot() and timer.interval == 0
     progress = []
     while panel.widget._job is not None:
         qt_standin.fire_timers()

@@ -22,6 +22,8 @@ import re
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+import slicer
+
 from ChestCTMTLLib import errors
 
 #: (import name, pip requirement); torch's requirement None: it comes from the PyTorch extension.
@@ -92,8 +94,6 @@ def ensure(gui_available: bool, ask_confirmation: bool = True,
         raise errors.ChestCTMTLError(
             "missing Python packages: {} (install them, or open the ChestCTMTL module in Slicer "
             "to have them installed)".format(", ".join(needed)))
-    import slicer
-
     if not slicer.util.confirmOkCancelDisplay(
             "ChestCTMTL needs these Python packages, which are not installed yet:\n\n  {}\n\n"
             "Install them now? This downloads them from the internet and may take several "
@@ -127,8 +127,6 @@ def _install_torch() -> bool:
             "torch {} is loaded but ChestCTMTL needs {} or newer: update it in the PyTorch "
             "module (PyTorch Utils), restart Slicer and try again."
             .format(installed_torch_version(), MINIMUM_TORCH_VERSION))
-    import slicer
-
     # installTorch runs light-the-torch ("install torch>=2.0 torchvision", which also upgrades
     # an older torch) and imports torch (SlicerPyTorch PyTorchUtils/PyTorchUtils.py); it shows
     # no progress of its own, so a status box says what the minutes are spent on
@@ -142,8 +140,6 @@ def _install_torch() -> bool:
 
 def install_with_pip(pip_requirements: List[str]) -> None:
     """pip-install with the best progress the running Slicer offers."""
-    import slicer
-
     try:
         packaging = importlib.import_module("slicer.packaging")  # Slicer 5.12+
     except ImportError:

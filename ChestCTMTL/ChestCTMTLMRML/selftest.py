@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -327,8 +328,6 @@ class SelfTestCases:
     @staticmethod
     def _runEventLoop(widget, timeout: float = 600.0) -> list:
         """Process events until the panel's analysis is over; the progress bar values seen."""
-        import time
-
         values, end = [], time.monotonic() + timeout
         while widget._job is not None:
             if time.monotonic() > end:
@@ -357,8 +356,7 @@ class SelfTestCases:
         volumeB = self._loadRealCT("CT-panel-B", 80, self.N_SLICES)
         self._show(widget, True)
         widget.ui.inputVolumeSelector.setCurrentNode(volumeA)
-        widget.ui.deviceComboBox.currentIndex = widget.ui.deviceComboBox.findText("cpu") \
-            if hasattr(widget.ui.deviceComboBox, "findText") else 1
+        widget.ui.deviceComboBox.currentIndex = widget.ui.deviceComboBox.findText("cpu")
         self.assertEqual(widget._parameterNode.device, "cpu")
         for _ in range(2):
             self._show(widget, False)
@@ -390,9 +388,15 @@ class SelfTestCases:
             widget.ui.show3DButton.checked = True
             self.assertTrue(resultsA.segmentation.GetDisplayNode().GetVisibility3D())
             widget.ui.show3DButton.checked = False
-        if widget.ui.findingsTableWidget.rowCount() > 0:
-            widget.ui.findingsTableWidget.selectRow(0)
+        if widget.ui.findingsTableWidget.rowCount > 0:
+            widget.ui.findingsTableWidget.selectRow(0)  # jumps the slice views to the finding
             self.assertTrue(widget.ui.acceptFindingButton.enabled)
+            red = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
+            if red is not None and red.GetOrientation() == "Axial":
+                center = [0.0, 0.0, 0.0]
+                widget._selectedRoi().GetCenterWorld(center)
+                self.assertAlmostEqual(red.GetSliceOffset(), center[2],
+                                       delta=max(volumeA.GetSpacing()) + 1.0)
         mrb = Path(self._tmp.name) / "panel.mrb"
         logic.saveReview(volumeA, mrb)
 
