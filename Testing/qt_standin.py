@@ -37,7 +37,7 @@ import logging
 import sys
 import types
 import xml.etree.ElementTree as ET
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 __all__ = ["activate", "fire_timers", "App"]
 
