@@ -11,7 +11,8 @@ What is stood in, and why only this:
   and validators the module uses. Values are stored exactly as Slicer stores them (parameters
   and node references of a real ``vtkMRMLScriptedModuleNode``: ``"True"``/``"False"`` for bools,
   ``str(value)`` for numbers, a reference plus an empty parameter for nodes), so a scene saved
-  by one is read by the other. GUI binding (``connectGui``) is not available headless.
+  by one is read by the other. GUI binding (``connectGui``/``connectParametersToGui``) works on
+  the widgets of Testing/qt_standin.py, with 5.8's and 5.10+'s tag behaviour (:data:`BEHAVIOUR`).
 * ``qt`` and ``ctk``: empty modules, only so that ``import qt, ctk`` at the top of a scripted
   module succeeds; touching any attribute raises, so headless code that reaches for Qt fails
   loudly instead of silently doing nothing.
@@ -28,7 +29,11 @@ import types
 import typing
 import unittest
 
-__all__ = ["install"]
+__all__ = ["install", "BEHAVIOUR"]
+
+#: Which Slicer the stand-ins imitate where versions differ: "5.8" (5.8.0/5.8.1) or "5.12"
+#: (5.10 and later). Tests set it per case.
+BEHAVIOUR = {"slicer": "5.12"}
 
 
 # --------------------------------------------------------------------------------- qt / ctk
@@ -81,8 +86,45 @@ def _scripted_loadable_module() -> types.ModuleType:
             test_case.runTest(**kwargs)
 
     class ScriptedLoadableModuleWidget:
+        """Slicer's base (Base/Python/slicer/ScriptedLoadableModule.py, v5.8.0 to v5.12.3):
+        ``parent`` None -> a new qMRMLWidget panel and ``setup()`` at once; else the panel's
+        layout. Needs Testing/qt_standin.py active (there is no Qt otherwise)."""
+
         def __init__(self, parent=None):
-            raise RuntimeError("module widgets need the Slicer application (Qt); not available headless")
+            qt = sys.modules.get("qt")
+            if not getattr(qt, "__chestctmtl_qt_standin__", False):
+                raise RuntimeError("module widgets need the Slicer application (Qt); "
+                                   "activate Testing/qt_standin.py to run one headless")
+            self.developerMode = False
+            self.moduleName = self.__class__.__name__
+            if self.moduleName.endswith("Widget"):
+                self.moduleName = self.moduleName[:-6]
+            self.parent = parent if parent is not None else qt.qMRMLWidget()
+            if not hasattr(self.parent, "isEntered"):
+                self.parent.isEntered = False
+            self.layout = self.parent.layout()
+            if parent is None:
+                self.parent.setMRMLScene(slicer.mrmlScene)
+                self.setup()
+                self.parent.show()
+
+        def resourcePath(self, filename):
+            import os
+
+            module_file = sys.modules[type(self).__module__].__file__
+            return os.path.join(os.path.dirname(module_file), "Resources", filename)
+
+        def setup(self):
+            pass  # Slicer adds its Reload & Test section here in developer mode only
+
+        def cleanup(self):
+            pass
+
+        def enter(self):
+            pass
+
+        def exit(self):
+            pass
 
     class ScriptedLoadableModuleLogic:
         """Same parameter-node lookup as Slicer's (singleton tag + ModuleName attribute)."""
@@ -291,6 +333,93 @@ def _parameter_node_wrapper() -> types.ModuleType:
                 self.serializer.write(node, self.name, self.default)
             return self.serializer.read(node, self.name)
 
+    # GUI binding as in Base/Python/slicer/parameterNodeWrapper/wrapper.py (v5.8.0, v5.10.0):
+    # each connect makes new connectors, writes the node's values into the widgets, connects the
+    # widgets' change signals, and adds a ModifiedEvent observer that is never removed;
+    # disconnectGui(tag) only unhooks that tag's connectors (an unknown tag, e.g. None, nothing).
+    # connectGui returns the tag from 5.10 on; on 5.8.0/5.8.1 it returns None.
+    def _connector(widget, param):
+        qt = sys.modules["qt"]
+        choices = [v for v in param.validators if isinstance(v, Choice)]
+        if isinstance(widget, qt.QAbstractButton):
+            return _Connector(widget, "toggled", lambda w: bool(w.checked),
+                              lambda w, v: setattr(w, "checked", bool(v)))
+        if isinstance(widget, qt.ctkSliderWidget):
+            return _Connector(widget, "valueChanged", lambda w: float(w.value),
+                              lambda w, v: setattr(w, "value", float(v)))
+        if isinstance(widget, qt.qMRMLNodeComboBox):
+            return _Connector(widget, "currentNodeChanged", lambda w: w.currentNode(),
+                              lambda w, v: w.setCurrentNode(v))
+        if isinstance(widget, qt.QComboBox) and choices:
+            values = list(choices[0].choices)
+            widget.clear()  # QComboBoxToStringableConnector.__init__ refills the combo
+            for c in values:
+                widget.addItem(str(c))
+
+            def write(w, v):
+                if v not in values:
+                    raise ValueError("Unable to find value %s in choices %s" % (v, values))
+                w.currentIndex = values.index(v)
+
+            return _Connector(widget, "currentIndexChanged", lambda w: values[w.currentIndex], write)
+        raise TypeError("the stand-in has no GUI connector for %s" % type(widget).__name__)
+
+    class _Connector:
+        def __init__(self, widget, signal, read, write):
+            self.widget, self._signal, self._read, self._write = widget, signal, read, write
+            self._callback = None
+
+        def onChanged(self, callback):
+            if self._callback is not None:
+                getattr(self.widget, self._signal).disconnect(self.changed)
+            self._callback = callback
+            if callback is not None:
+                getattr(self.widget, self._signal).connect(self.changed)
+
+        def changed(self, *args):
+            if self._callback:
+                self._callback()
+
+        def read(self):
+            return self._read(self.widget)
+
+        def write(self, value):
+            self._write(self.widget, value)
+
+    def _update_gui(self):
+        if self._updatingGUIFromParameterNode:
+            return
+        try:
+            self._updatingGUIFromParameterNode = True
+            for mapping in self._parameterGUIs.values():
+                for name, connector in mapping.items():
+                    connector.write(self.getValue(name))
+        finally:
+            self._updatingGUIFromParameterNode = False
+
+    def _connect_parameters_to_gui(self, mapping):
+        connectors = {name: _connector(widget, self.allParameters[name])
+                      for name, widget in mapping.items()}
+        tag = self._nextParameterGUIsTag
+        self._nextParameterGUIsTag += 1
+        self._parameterGUIs[tag] = connectors
+        for name, connector in connectors.items():
+            connector.write(self.getValue(name))
+
+            def callback(name=name, connector=connector):
+                if not self._updatingGUIFromParameterNode:
+                    self.setValue(name, connector.read())
+
+            connector.onChanged(callback)
+        self.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda caller, event: _update_gui(self))
+        return tag
+
+    def _disconnect_gui(self, tag):
+        if tag in self._parameterGUIs:
+            for connector in self._parameterGUIs[tag].values():
+                connector.onChanged(None)
+            del self._parameterGUIs[tag]
+
     def parameterNodeWrapper(classtype=None):
         def wrap(cls):
             hints = typing.get_type_hints(cls, include_extras=True)
@@ -319,12 +448,22 @@ def _parameter_node_wrapper() -> types.ModuleType:
                 if parameterNode is None:
                     raise ValueError("parameterNode must not be None")
                 self.parameterNode = parameterNode
+                self._parameterGUIs = {}
+                self._nextParameterGUIsTag = 0
+                self._updatingGUIFromParameterNode = False
                 for param in params.values():
                     if not param.serializer.isIn(parameterNode, param.name):
                         param.write(parameterNode, param.default)
 
             def connectGui(self, gui):
-                raise RuntimeError("connectGui needs Qt; not available headless")
+                mapping = {}
+                for widget in vars(gui).values():
+                    name = widget.property(module.SlicerParameterNamePropertyName) \
+                        if hasattr(widget, "property") else None
+                    if name:
+                        mapping[name] = widget
+                tag = _connect_parameters_to_gui(self, mapping)
+                return None if BEHAVIOUR["slicer"] == "5.8" else tag
 
             cls.__init__ = __init__
             cls.allParameters = params
@@ -333,7 +472,9 @@ def _parameter_node_wrapper() -> types.ModuleType:
             cls.setValue = lambda self, name, value: params[name].write(self.parameterNode, value)
             cls.default = lambda self, name: Default(params[name].default)
             cls.connectGui = connectGui
-            cls.disconnectGui = lambda self, tag: None
+            cls.connectParametersToGui = _connect_parameters_to_gui
+            cls.disconnectGui = _disconnect_gui
+            cls.dataType = lambda self, name: params[name]
             cls.StartModify = lambda self: self.parameterNode.StartModify()
             cls.EndModify = lambda self, was: self.parameterNode.EndModify(was)
             cls.AddObserver = lambda self, event, cb, priority=0.0: self.parameterNode.AddObserver(
@@ -352,7 +493,6 @@ def _parameter_node_wrapper() -> types.ModuleType:
         setattr(module, obj.__name__, obj)
     module.SlicerParameterNamePropertyName = "SlicerParameterName"
     module.__all__ = [n for n in vars(module) if not n.startswith("_")]
-    del vtk
     return module
 
 

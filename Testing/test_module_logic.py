@@ -711,8 +711,10 @@ def test_background_job_fails_fast_on_a_bad_model(scene, lidc_files, tmp_path):
 
 def test_missing_packages_are_never_installed_without_asking(scene, lidc_files, monkeypatch):
     """Headless (no dialog possible) a missing package is an error naming it; nothing changes."""
-    monkeypatch.setattr(module, "PYTHON_REQUIREMENTS",
-                        module.PYTHON_REQUIREMENTS + (("chestctmtl_no_such_pkg", "no-such-pkg"),))
+    from ChestCTMTLMRML import dependencies
+
+    monkeypatch.setattr(dependencies, "REQUIREMENTS",
+                        dependencies.REQUIREMENTS + (("chestctmtl_no_such_pkg", "no-such-pkg"),))
     logic = module.ChestCTMTLLogic()
     assert logic.missingPythonPackages() == ["chestctmtl_no_such_pkg"]
     volume = load_slices(lidc_files, 58, 4, "CT")

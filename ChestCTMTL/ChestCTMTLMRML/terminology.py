@@ -119,10 +119,23 @@ def lung_term(label) -> LesionTerm:
     return terms[name]
 
 
+def is_loaded(terminologies_logic) -> bool:
+    """Whether our context is among the logic's loaded terminologies.
+
+    Uses ``GetLoadedTerminologyNames(vtkStringArray*)``, which every supported Slicer has
+    (Modules/Loadable/Terminologies/Logic/vtkSlicerTerminologiesModuleLogic.h, v5.8.0 to
+    v5.12.3); ``IsTerminologyContextLoaded`` exists only from v5.10.0.
+    """
+    import vtk
+
+    names = vtk.vtkStringArray()
+    terminologies_logic.GetLoadedTerminologyNames(names)
+    return context_name() in {names.GetValue(i) for i in range(names.GetNumberOfValues())}
+
+
 def ensure_loaded(terminologies_logic) -> None:
     """Make our context selectable in Slicer's terminology selector (idempotent)."""
     if terminologies_logic is None:
         return
-    name = context_name()
-    if not terminologies_logic.IsTerminologyContextLoaded(name):
+    if not is_loaded(terminologies_logic):
         terminologies_logic.LoadTerminologyFromFile(str(terminology_file()))
