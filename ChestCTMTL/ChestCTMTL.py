@@ -221,6 +221,7 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.uncertainFindingButton.connect("clicked(bool)", lambda _: self.onSetStatus("uncertain"))
         self.ui.findingNoteLineEdit.connect("editingFinished()", self.onNoteEdited)
         self.ui.saveReviewButton.connect("clicked(bool)", self.onSaveReview)
+        self.ui.saveDicomButton.connect("clicked(bool)", self.onSaveDicom)
         self.ui.compareReconstructionButton.connect("toggled(bool)", self.onCompareReconstruction)
         self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
 
@@ -410,7 +411,8 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                            createReconstruction=p.createReconstruction,
                            createDetections=p.createDetections)
             job = self.logic.startAnalysis(ct, model=p.modelId or None, device=p.device,
-                                           scoreThreshold=p.scoreThreshold, **options)
+                                           scoreThreshold=p.scoreThreshold,
+                                           lobes=self.logic.sceneLobes(volume), **options)
             self._job, self._jobVolume, self._jobOptions = job, volume, options
         if self._job is None:
             return
@@ -509,6 +511,8 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareReconstructionButton.enabled = hasReconstruction
         self.ui.show3DButton.enabled = summary is not None and summary.get("segmentation") is not None
         self.ui.saveReviewButton.enabled = summary is not None
+        self.ui.saveDicomButton.enabled = summary is not None and self.logic.isDicomVolume(
+            self._currentVolume())
         self._fillFindings(findings)
         self._updateReviewControls()
 
@@ -598,6 +602,37 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             written = self.logic.saveReview(volume, path)
         slicer.util.infoDisplay("Review saved:\n" + "\n".join(str(p) for p in written.values()),
                                 windowTitle="ChestCTMTL")
+
+    def onSaveDicom(self) -> None:
+        volume = self._currentVolume()
+        if volume is None:
+            return
+        missing = self.logic.missingDicomPackages()
+        if missing:
+            if not slicer.util.confirmOkCancelDisplay(
+                    "DICOM SEG and SR need these Python packages:\n\n  {}\n\nInstall them now?"
+                    .format("\n  ".join(missing)), windowTitle="ChestCTMTL"):
+                return
+            with slicer.util.tryWithErrorDisplay("Installing the DICOM packages failed."):
+                self.logic.installDicomPackages()
+            if self.logic.missingDicomPackages():
+                return
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
+                                                     "Folder for the DICOM SEG and SR",
+                                                     qt.QDir.homePath())
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("Failed to write the DICOM objects.", waitCursor=True):
+            written, sendError = self.logic.saveReviewDicom(volume, folder,
+                                                            sendTo=self.ui.pacsLineEdit.text.strip())
+            paths = "\n".join(str(p) for p in written.paths)
+            if sendError:
+                slicer.util.errorDisplay("Written and imported, but not sent (the files are kept):\n"
+                                         "{}\n\n{}".format(sendError, paths), windowTitle="ChestCTMTL")
+            else:
+                slicer.util.infoDisplay("DICOM SEG and SR written{}:\n{}".format(
+                    " and sent" if self.ui.pacsLineEdit.text.strip() else "", paths),
+                    windowTitle="ChestCTMTL")
 
     def onCompareReconstruction(self, checked: bool) -> None:
         volume = self._currentVolume()

@@ -635,6 +635,10 @@ class QFileDialog:
     def getSaveFileName(*args) -> str:
         return QFileDialog.answers.pop(0) if QFileDialog.answers else ""
 
+    @staticmethod
+    def getExistingDirectory(*args) -> str:  # QFileDialog::getExistingDirectory(parent, caption, dir)
+        return QFileDialog.answers.pop(0) if QFileDialog.answers else ""
+
 
 class QApplication:
     @staticmethod

@@ -376,3 +376,20 @@ def test_review_writes_decisions_and_the_edited_segmentation(case, lidc0001_dico
                  for item in sr.ContentSequence
                  if item.ConceptNameCodeSequence[0].CodeMeaning == "Person Observer Name"]
     assert [str(o) for o in observers] == ["Reviewer^Test"]
+
+
+def test_a_scan_without_findings_still_gets_its_sr(source, tmp_path):
+    """A normal chest has no finding: the TID 1500 report says "Finding: None" (failed before
+    the fix: highdicom refuses a report without a measurement group, so no SR was written)."""
+    import highdicom as hd
+
+    from ChestCTMTLLib import dicom_out
+    from ChestCTMTLLib.results import ModelIdentity
+
+    volume, series = source
+    written = dicom_out.write_dicom_objects(tmp_path, series, [], [], {},
+                                            ModelIdentity("m", "1", "ab" * 32))
+    assert written.seg_path is None and written.sr_path.is_file()
+    sr = hd.sr.srread(str(written.sr_path))
+    text = str(sr)
+    assert "no findings" in text and "260413007" in text

@@ -481,3 +481,77 @@ def test_a_loaded_old_torch_asks_for_an_update_and_a_restart(app, ct, scene, mon
     app.slot_errors.clear()
     assert panel.widget._job is None and counts(scene) == before and app.cursor_depth == 0
 
+
+
+# ------------------------------------------------------------------ lobes in the scene, DICOM out
+def _lobes_segmentation(scene, volume):
+    """Five lobes as TotalSegmentator's Slicer module names its segments (boxes, known masks)."""
+    shape = slicer.util.arrayFromVolume(volume).shape
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    k, j, i = shape
+    boxes = {"lung_upper_lobe_right": (slice(3, k), slice(0, j), slice(0, i // 2)),
+             "lung_middle_lobe_right": (slice(1, 3), slice(0, j), slice(0, i // 2)),
+             "lung_lower_lobe_right": (slice(0, 1), slice(0, j), slice(0, i // 2)),
+             "lung_upper_lobe_left": (slice(3, k), slice(0, j), slice(i // 2, i)),
+             "lung_lower_lobe_left": (slice(0, 3), slice(0, j), slice(i // 2, i))}
+    for name, box in boxes.items():
+        mask = np.zeros(shape, np.uint8)
+        mask[box] = 1
+        sid = seg.GetSegmentation().AddEmptySegment(name, name)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, seg, sid, volume)
+    return seg
+
+
+@pytest.fixture()
+def dicom_ct(scene, lidc_files, tmp_path):
+    """Six LIDC slices read from their own folder, marked as Slicer's DICOM plugin marks a
+    volume it loaded (``DICOM.instanceUIDs``, DICOMScalarVolumePlugin.py at v5.8.0)."""
+    import pydicom
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    names = []
+    for source in lidc_files[58:64]:
+        target = folder / Path(source).name
+        shutil.copy2(source, target)
+        names.append(str(target))
+    volume = load_slices(names, 0, 6, "DICOM CT")
+    uids = [pydicom.dcmread(n, stop_before_pixels=True).SOPInstanceUID for n in names]
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(uids))
+    return volume
+
+
+def test_lobes_in_the_scene_and_dicom_seg_sr_from_the_panel(app, dicom_ct, scene, tmp_path):
+    pytest.importorskip("highdicom", reason="the DICOM writers need highdicom (requirements.txt)")
+    _lobes_segmentation(scene, dicom_ct)
+    panel = Panel()
+    panel.enter()
+    panel.ui.inputVolumeSelector.setCurrentNode(dicom_ct)
+    panel.params.device = "cpu"
+    assert not panel.ui.saveDicomButton.enabled  # no results yet
+    panel.ui.analyzeButton.click()
+    panel.run_until_done()
+    summary = panel.widget.logic.resultsSummary(dicom_ct)
+    lobes = summary["involvement"]["lobes"]  # the analysis used the lobes in the scene
+    assert set(lobes["lobes"]) == {"right upper lobe", "right middle lobe", "right lower lobe",
+                                   "left upper lobe", "left lower lobe"}
+    assert panel.ui.saveDicomButton.enabled
+    out = tmp_path / "dicom-out"
+    out.mkdir()
+    qt_standin.QFileDialog.answers[:] = [str(out)]
+    panel.ui.saveDicomButton.click()
+    written = sorted(p.name for p in out.rglob("*.dcm"))
+    assert any("sr" in n for n in written), written
+    infos = [d for d in app.dialogs if "DICOM SEG and SR written" in str(d.get("text", ""))]
+    assert infos, app.dialogs
+    assert not [d for d in app.dialogs if d.get("icon") == qt_standin.QMessageBox.Critical]
+
+
+def test_dicom_button_is_off_for_a_volume_not_from_dicom(app, ct, scene):
+    panel = Panel()
+    panel.enter()
+    panel.ui.inputVolumeSelector.setCurrentNode(ct)
+    panel.widget.logic.createResultNodes(ct, synthetic_result(panel.widget.logic.volumeToCT(ct)))
+    panel.widget.updateResults()
+    assert panel.ui.saveReviewButton.enabled and not panel.ui.saveDicomButton.enabled

@@ -44,6 +44,8 @@ MEASUREMENTS = (
     ("score", SCORE, ("UCUM", "1", "no units"), None),
 )
 LUNG = ("SCT", "39607008", "Lung")
+FINDING = ("DCM", "121071", "Finding")
+NO_FINDING = ("SCT", "260413007", "None")
 PROCEDURE = ("LN", "24627-2", "CT Chest")
 LATERALITY = {"right": ("SCT", "24028007", "Right"), "left": ("SCT", "7771000", "Left")}
 
@@ -154,6 +156,19 @@ def _group(source: SourceSeries, seg, segment_numbers: Dict[str, int], finding: 
     return group
 
 
+def _no_findings_group(source: SourceSeries, model: ModelIdentity, algorithm):
+    """A TID 1501 group stating "Finding: None" for the whole study, so a scan without
+    findings still has its TID 1500 report (highdicom, like the template, needs one group)."""
+    import highdicom as hd
+
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=str(tracking_uid(source, model, "no-findings")), identifier="no findings"),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=coded(FINDING), value=coded(NO_FINDING))])
+
+
 def build_report(source: SourceSeries, findings: Sequence[FindingRecord],
                  type_codes: Dict[str, Code3], model: ModelIdentity, seg=None,
                  segment_numbers: Optional[Dict[str, int]] = None,
@@ -173,6 +188,8 @@ def build_report(source: SourceSeries, findings: Sequence[FindingRecord],
         family=codes.cid7162.ArtificialIntelligence, manufacturer=MANUFACTURER)
     groups = [_group(source, seg, segment_numbers or {}, f, type_codes, model, algorithm)
               for f in findings]
+    if not groups:  # a normal scan: the report says so (TID 1500 needs one group)
+        groups = [_no_findings_group(source, model, algorithm)]
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

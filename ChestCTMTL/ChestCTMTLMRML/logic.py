@@ -21,7 +21,7 @@ from ChestCTMTLLib.analyzers import AnalyzerCache
 from ChestCTMTLLib.options import FALLBACK_SCORE_THRESHOLD, RANGES, AnalysisOptions
 from ChestCTMTLLib.volume_io import validate_ct
 
-from . import dependencies, display, headless, nodes, review, terminology
+from . import dependencies, display, headless, nodes, review, scene_involvement, terminology
 from .job import AnalysisJob
 
 
@@ -190,18 +190,28 @@ class AnalysisLogic:
 
     def analyzeCT(self, ct, model=None, device: str = "auto", progressCallback=None, cancel=None,
                   createSegmentation: bool = True, createReconstruction: bool = True,
-                  createDetections: bool = True, scoreThreshold: Optional[float] = None):
+                  createDetections: bool = True, scoreThreshold: Optional[float] = None,
+                  lobes=None):
         """The numbers for one CTVolume (``Analyzer.apply`` of :meth:`getAnalyzer`); touches no
-        MRML. ``scoreThreshold`` None: the model's calibrated operating point."""
+        MRML. ``scoreThreshold`` None: the model's calibrated operating point. ``lobes``: lobe
+        masks on the CT's grid (:meth:`sceneLobes`) for per-lobe involvement."""
         if _cancelled(cancel):
             raise errors.Cancelled()
         analyzer = self.getAnalyzer(model, self.analysisOptions(
             device, createSegmentation, createReconstruction, createDetections, scoreThreshold))
-        return analyzer.apply(ct, progress=progressCallback, cancel=cancel)
+        return analyzer.apply(ct, progress=progressCallback, cancel=cancel, lobes=lobes)
+
+    def sceneLobes(self, inputVolume):
+        """The five lobes from a segmentation already in the scene (TotalSegmentator's or
+        MONAIAuto3DSeg's, by segment name) on ``inputVolume``'s grid, or None. Read on the
+        calling (main) thread: the analysis thread never touches MRML."""
+        results = self.resultNodes(inputVolume)
+        exclude = (results.segmentation, results.lungs) if results is not None else ()
+        return scene_involvement.lobes_in_scene(self._scene(), inputVolume, exclude=exclude)
 
     def startAnalysis(self, ct, model=None, device: str = "auto", createSegmentation: bool = True,
                       createReconstruction: bool = True, createDetections: bool = True,
-                      scoreThreshold: Optional[float] = None) -> AnalysisJob:
+                      scoreThreshold: Optional[float] = None, lobes=None) -> AnalysisJob:
         """Run the analysis in a worker thread; poll the returned job from the main thread.
 
         Options and model are resolved here, on the calling thread (one Analyzer), so a bad
@@ -212,7 +222,7 @@ class AnalysisLogic:
             device, createSegmentation, createReconstruction, createDetections, scoreThreshold))
 
         def target(report, cancelEvent):
-            return analyzer.apply(ct, progress=report, cancel=cancelEvent)
+            return analyzer.apply(ct, progress=report, cancel=cancelEvent, lobes=lobes)
 
         return AnalysisJob(target).start()
 
@@ -276,7 +286,8 @@ class AnalysisLogic:
         result = self.analyzeCT(ct, model=model, device=device, progressCallback=progressCallback,
                                 cancel=cancel, createSegmentation=createSegmentation,
                                 createReconstruction=createReconstruction,
-                                createDetections=createDetections, scoreThreshold=scoreThreshold)
+                                createDetections=createDetections, scoreThreshold=scoreThreshold,
+                                lobes=self.sceneLobes(inputVolume))
         if _cancelled(cancel):
             raise errors.Cancelled()
         if progressCallback is not None:
@@ -321,6 +332,33 @@ class AnalysisLogic:
     def saveReview(self, inputVolume, mrbPath) -> Dict[str, Path]:
         """Write the session (.mrb) and the report (JSON, Markdown, CSV) next to it."""
         return review.save_review(self._scene(), inputVolume, mrbPath)
+
+    @staticmethod
+    def missingDicomPackages() -> List[str]:
+        """Pinned requirements DICOM SEG/SR need that are not installed ([] when all are)."""
+        from ChestCTMTLLib import dicom_out
+
+        return dicom_out.missing_dependencies()
+
+    def installDicomPackages(self) -> None:
+        """pip-install what :meth:`missingDicomPackages` lists (the caller asked the user)."""
+        missing = self.missingDicomPackages()
+        if missing:
+            dependencies.install_with_pip(missing)
+
+    def isDicomVolume(self, inputVolume) -> bool:
+        """True when the volume came through Slicer's DICOM module (SEG/SR can reference it)."""
+        return bool(inputVolume is not None and inputVolume.GetAttribute("DICOM.instanceUIDs"))
+
+    def saveReviewDicom(self, inputVolume, folder, reviewer: Optional[str] = None,
+                        sendTo: Optional[str] = None):
+        """The review as DICOM SEG + TID 1500 SR in ``folder`` (indexed into Slicer's DICOM
+        database), C-STOREd to ``sendTo`` ("HOST:PORT:AET") when given. Returns (objects, why
+        the send failed or None); a failed send keeps the files."""
+        from . import dicom
+
+        return dicom.save_review_dicom(self._scene(), inputVolume, folder, reviewer=reviewer,
+                                       send_to=sendTo or None)
 
     def loadReview(self) -> dict:
         """Re-apply the review state stored in a loaded scene (colours, table status column)."""
