@@ -599,7 +599,11 @@ class ChestCTMTLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path.lower().endswith(".mrb"):
             path += ".mrb"
         with slicer.util.tryWithErrorDisplay("Failed to save the review.", waitCursor=True):
-            written = self.logic.saveReview(volume, path)
+            written = dict(self.logic.saveReview(volume, path))
+            if self.logic.isDicomVolume(volume) and not self.logic.missingDicomPackages():
+                # a CT from DICOM: the review also as SEG + SR beside the bundle, in the database
+                objects, _ = self.logic.saveReviewDicom(volume, path[:-len(".mrb")] + "-dicom")
+                written.update({"dicom " + p.name: p for p in objects.paths})
         slicer.util.infoDisplay("Review saved:\n" + "\n".join(str(p) for p in written.values()),
                                 windowTitle="ChestCTMTL")
 

@@ -555,3 +555,17 @@ def test_dicom_button_is_off_for_a_volume_not_from_dicom(app, ct, scene):
     panel.widget.logic.createResultNodes(ct, synthetic_result(panel.widget.logic.volumeToCT(ct)))
     panel.widget.updateResults()
     assert panel.ui.saveReviewButton.enabled and not panel.ui.saveDicomButton.enabled
+
+
+def test_save_review_of_a_dicom_ct_also_writes_seg_and_sr(app, dicom_ct, scene, tmp_path):
+    pytest.importorskip("highdicom", reason="the DICOM writers need highdicom (requirements.txt)")
+    panel = Panel()
+    panel.enter()
+    panel.ui.inputVolumeSelector.setCurrentNode(dicom_ct)
+    panel.widget.logic.createResultNodes(dicom_ct, synthetic_result(panel.widget.logic.volumeToCT(dicom_ct)))
+    panel.widget.updateResults()
+    qt_standin.QFileDialog.answers[:] = [str(tmp_path / "session.mrb")]
+    panel.ui.saveReviewButton.click()
+    assert (tmp_path / "session.mrb").is_file()
+    assert sorted(p.suffix for p in (tmp_path / "session-dicom").iterdir()) == [".dcm", ".dcm"]
+    assert not [d for d in app.dialogs if d.get("icon") == qt_standin.QMessageBox.Critical]

@@ -299,7 +299,7 @@ ALLOWED_OUTSIDE_SLICER_IMPORTS = {
     "torch": {"ChestCTMTLLib/model.py", "ChestCTMTLLib/modelio.py",
               "ChestCTMTLLib/representation.py",  # the model itself: torch is installed first
               "ChestCTMTLLib/inference.py",  # inside functions, after the model is loaded
-              "ChestCTMTL.py"},  # the device label, guarded by except ImportError
+              "ChestCTMTLMRML/logic.py"},  # the device label, only once torch is installed
     "safetensors": {"ChestCTMTLLib/modelio.py"},  # weights; installed with torch
     "matplotlib": {"ChestCTMTLLib/preview.py"},  # behind preview.available()
     "tqdm": {"ChestCTMTLMRML/batch.py"},  # behind _tqdm_class(): plain lines without it
