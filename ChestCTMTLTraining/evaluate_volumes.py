@@ -553,10 +553,10 @@ def write_report(metrics: dict, path: Path, pictures: Sequence[str]) -> None:
     L = ["# Whole-CT evaluation of %s %s" % (m["model"]["id"], m["model"]["version"]), "",
          "Manifest `%s`; %d scan(s); every scan analysed once by `Analyzer.apply` (the shipped "
          "pipeline) with score threshold 0; operating point = the model's calibrated score "
-         "threshold %.3f (calibration %s)." % (m["manifest"], len(m["scans"]),
-                                               m["model"]["score_threshold"],
-                                               "fitted" if m["model"]["calibration_fitted"]
-                                               else "defaults, not fitted"), "",
+         "threshold %.3f (calibration %s); network arithmetic %s." % (
+             m["manifest"], len(m["scans"]), m["model"]["score_threshold"],
+             "fitted" if m["model"]["calibration_fitted"] else "defaults, not fitted",
+             m.get("precision", "float32")), "",
          "| group | scans | verdict acc. | lesions | CPM | sens. @1 FP/scan | sens. @op | "
          "FP/scan @op | >= 10 mm found / ranked 1st @op | outside-lung findings/scan @op | "
          "infection slices flagged | clean slices flagged |",
@@ -693,6 +693,7 @@ def evaluate_volumes(model=None, manifest="volumes", output="runs/eval-volumes",
                   "calibration_fitted": analyzer.calibration.fitted},
         "manifest": str(manifest_path), "roles": list(roles) if roles else list(ROLES),
         "options": analyzer.options.to_dict(), "device": analyzer.device,
+        "precision": analyzer.precision,
         "groups": {g: summarise(rs, op) for g, rs in groups.items() if rs},
         "scans": records, "skipped": skipped}
     metrics["headline"] = headline(metrics)
