@@ -48,6 +48,27 @@ def lidc0002_nifti(data_dir) -> Path:
     return _require(data_dir / "lidc" / "LIDC-IDRI-0002-nifti" / "image.nii.gz")
 
 
+@pytest.fixture(scope="session")
+def lidc_files(lidc0001_dicom_dir):
+    """The 133 slice files of LIDC-IDRI-0001's CT series, in slice order."""
+    from ChestCTMTLLib.volume_io import find_dicom_series
+
+    series = find_dicom_series(lidc0001_dicom_dir)
+    assert series and len(series[0][1]) == 133
+    return series[0][1]
+
+
+@pytest.fixture()
+def scene():
+    """The headless MRML scene (real slicer-core MRML), empty before and after the test."""
+    from ChestCTMTLMRML import headless
+
+    scene = headless.get_scene()
+    scene.Clear(False)
+    yield scene
+    scene.Clear(False)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny test inputs gain nothing from threads, and on a shared 2-core machine OpenMP

@@ -40,23 +40,6 @@ UI_FILE = REPO / "ChestCTMTL" / "Resources" / "UI" / "ChestCTMTL.ui"
 
 
 # ------------------------------------------------------------------ fixtures
-@pytest.fixture()
-def scene():
-    scene = headless.get_scene()
-    scene.Clear(False)
-    yield scene
-    scene.Clear(False)
-
-
-@pytest.fixture(scope="module")
-def lidc_files(lidc0001_dicom_dir):
-    from ChestCTMTLLib.volume_io import find_dicom_series
-
-    series = find_dicom_series(lidc0001_dicom_dir)
-    assert series and len(series[0][1]) == 133
-    return series[0][1]
-
-
 def load_slices(files, first: int, count: int, name: str):
     """Real DICOM slices read by Slicer's own reader (the Volumes logic)."""
     names = files[first:first + count]

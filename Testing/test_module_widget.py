@@ -37,14 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 Ok, Cancel, Yes = qt_standin.QMessageBox.Ok, qt_standin.QMessageBox.Cancel, qt_standin.QMessageBox.Yes
 
 
-@pytest.fixture()
-def scene():
-    scene = headless.get_scene()
-    scene.Clear(False)
-    yield scene
-    scene.Clear(False)
-
-
 @pytest.fixture(scope="module")
 def registry_dir(tmp_path_factory):
     """A registry with one untrained model (plumbing, not accuracy)."""
@@ -117,13 +109,6 @@ class Panel:
 @pytest.fixture()
 def ct(scene, lidc_files):
     return load_slices(lidc_files, 58, 6, "CT")
-
-
-@pytest.fixture(scope="module")
-def lidc_files(lidc0001_dicom_dir):
-    from ChestCTMTLLib.volume_io import find_dicom_series
-
-    return find_dicom_series(lidc0001_dicom_dir)[0][1]
 
 
 # ------------------------------------------------------------------ set-up and lifecycle

@@ -10,16 +10,8 @@ import pytest
 import slicer
 from ChestCTMTLLib.involvement import GGO_HU, LOBES, pan_lobe_score
 from ChestCTMTLLib.lungs import RIGHT
-from ChestCTMTLMRML import headless, nodes, review
+from ChestCTMTLMRML import nodes, review
 from mrml_testutil import synthetic_result, with_lungs
-
-
-@pytest.fixture()
-def scene():
-    scene = headless.get_scene()
-    scene.Clear(False)
-    yield scene
-    scene.Clear(False)
 
 
 @pytest.fixture(scope="module")
