@@ -419,3 +419,27 @@ def test_oblique_volume_geometry_is_kept(scene, small_ct):
     for lesion_type, mask in result.lesion_masks.items():
         np.testing.assert_array_equal(
             nodes.segment_mask_array(made.segmentation, lesion_type, volume), mask)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_lesion_segments_share_one_layer_unless_they_overlap(scene, overlap):
+    """Non-overlapping lesion types share one labelmap layer (label 1, 2), as Slicer stores
+    such segments (faster to build and to write); overlapping ones get a layer each. Either
+    way every segment holds exactly its mask."""
+    from ChestCTMTLLib.volume import CTVolume
+
+    ct = CTVolume(np.full((6, 20, 24), -700, np.int16), np.diag([-0.7, -0.7, 2.5, 1.0]), name="ct")
+    result = synthetic_result(ct)
+    infection = np.zeros(ct.array.shape, np.uint8)
+    infection[1:4, 2:8, 2:9] = 1
+    nodule = np.zeros(ct.array.shape, np.uint8)
+    nodule[2:5, 10:15, 12:20] = 1
+    if overlap:
+        nodule[2, 5, 5] = 1  # one voxel inside the infection too
+    result.lesion_masks = {"covid-infection": infection, "nodule-mass": nodule}
+    volume = nodes.volume_node_from_ct(scene, ct, "ct")
+    made = nodes.create_result_nodes(scene, volume, result)
+    segmentation = made.segmentation.GetSegmentation()
+    assert segmentation.GetNumberOfLayers() == (2 if overlap else 1)
+    for name, mask in result.lesion_masks.items():
+        np.testing.assert_array_equal(nodes.segment_mask_array(made.segmentation, name, volume), mask)

