@@ -141,10 +141,12 @@ def _working_scene(scene):
 
 def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: Path,
                       case_name: str, mrb: bool, input_path: Optional[str]) -> None:
-    volume_node = nodes.volume_node_from_ct(scene, volume, case_name)
+    # the nodes only live to be written: they use the arrays' memory instead of copies
+    volume_node = nodes.volume_node_from_ct(scene, volume, case_name, share=True)
     results = None
     try:
-        results = nodes.create_result_nodes(scene, volume_node, result)
+        results = nodes.create_result_nodes(scene, volume_node, result,
+                                            options=nodes.ResultOptions(share_arrays=True))
         if results.segmentation is not None:
             _write_with_storage_node(results.segmentation, folder / SEGMENTATION_FILE)
         if results.lungs is not None:

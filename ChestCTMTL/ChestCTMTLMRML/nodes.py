@@ -110,6 +110,9 @@ class ResultOptions:
     score_threshold: float = 0.0
     show_3d: bool = False
     measurements: bool = True
+    #: the reconstruction node uses the result's array instead of a copy (for nodes that only
+    #: live to be written, e.g. a case folder's scratch scene: a full volume less in memory)
+    share_arrays: bool = False
 
 
 @dataclass
@@ -172,12 +175,27 @@ def _add_ct_display(scene, volume_node) -> None:
     volume_node.SetAndObserveDisplayNodeID(display.GetID())
 
 
-def volume_node_from_ct(scene, ct: CTVolume, name: Optional[str] = None):
-    """A new scalar volume node holding a copy of ``ct`` with its exact geometry."""
+def _set_voxels(node, array: np.ndarray, share: bool) -> None:
+    """The node's image: a copy of ``array`` (Slicer's updateVolumeFromArray), or with ``share``
+    the array's own memory (zero-copy; VTK keeps a reference to it), for a node that is only
+    read, e.g. to be written to a file."""
+    if not share or not array.flags.c_contiguous:
+        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+        return
+    k, j, i = array.shape
+    image = vtk.vtkImageData()
+    image.SetDimensions(int(i), int(j), int(k))
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.reshape(-1), deep=False))
+    node.SetAndObserveImageData(image)
+
+
+def volume_node_from_ct(scene, ct: CTVolume, name: Optional[str] = None, share: bool = False):
+    """A new scalar volume node holding a copy of ``ct`` (with ``share``: ``ct.array`` itself,
+    never to be edited) with its exact geometry."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or ct.name or "volume")
     try:
         node.SetIJKToRASMatrix(_vtk_matrix(ct.ijk_to_ras))
-        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(ct.array))
+        _set_voxels(node, ct.array, share)
         _add_ct_display(scene, node)
     except Exception:
         _remove_node(scene, node)
@@ -494,7 +512,7 @@ def _build_lungs(scene, volume_node, lung_labels: np.ndarray, name: str, created
 
 
 def _build_reconstruction(scene, volume_node, reconstruction: np.ndarray, name: str,
-                          created: list):
+                          created: list, share: bool = False):
     shape = volume_shape_of(volume_node)
     if tuple(reconstruction.shape) != tuple(shape):
         raise GeometryMismatchError("reconstruction has shape {}, the volume {}".format(
@@ -502,7 +520,7 @@ def _build_reconstruction(scene, volume_node, reconstruction: np.ndarray, name: 
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     created.append(node)
     node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_of(volume_node)))
-    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(reconstruction))
+    _set_voxels(node, reconstruction, share)
     _add_ct_display(scene, node)
     return node
 
@@ -774,7 +792,7 @@ def create_result_nodes(scene, input_volume_node, result: AnalysisResult, replac
         if options.reconstruction and result.reconstruction_hu is not None:
             nodes.reconstruction = _build_reconstruction(
                 scene, input_volume_node, result.reconstruction_hu, base + " reconstruction",
-                created)
+                created, share=options.share_arrays)
         findings = [f for f in result.findings if float(f.score) >= options.score_threshold] \
             if options.detections else []
         for finding in findings:
