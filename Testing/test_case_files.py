@@ -336,3 +336,20 @@ def test_writing_a_bundle_keeps_file_names_but_adds_storage_nodes(tmp_path, smal
     assert fresh.scene.WriteToMRB(str(tmp_path / "scene.mrb"))
     assert volume.GetStorageNode().GetFileName() == str(tmp_path / "elsewhere.nrrd")
     assert table.GetStorageNode() is not None
+
+
+def test_writing_leaves_the_result_and_the_ct_as_they_were(small_ct, tmp_path):
+    """The scratch nodes use the arrays' memory (no copies): writing, with and without a
+    bundle, must not change a voxel of the CT, the reconstruction or the lung labels."""
+    result = with_lungs(synthetic_result(small_ct))
+    result.reconstruction_hu = (small_ct.array // 2).astype(np.int16)
+    before = {"ct": small_ct.array.copy(), "recon": result.reconstruction_hu.copy(),
+              "lungs": result.lung_labels.copy(),
+              **{k: m.copy() for k, m in result.lesion_masks.items()}}
+    files.write_case(None, small_ct, result, tmp_path / "a", preview=False)
+    files.write_case(None, small_ct, result, tmp_path / "b", mrb=True, preview=False)
+    np.testing.assert_array_equal(small_ct.array, before["ct"])
+    np.testing.assert_array_equal(result.reconstruction_hu, before["recon"])
+    np.testing.assert_array_equal(result.lung_labels, before["lungs"])
+    for name, mask in result.lesion_masks.items():
+        np.testing.assert_array_equal(mask, before[name])

@@ -221,13 +221,19 @@ def ct_from_volume_node(volume_node) -> CTVolume:
                     source_path=source_path, metadata={"mrml_node_id": volume_node.GetID()})
 
 
-def _oriented_image(shape, ijk_to_ras: np.ndarray):
-    """An unsigned-char vtkOrientedImageData on the given grid and its voxels as (k, j, i)."""
+def _oriented_image(shape, ijk_to_ras: np.ndarray, memory: Optional[np.ndarray] = None):
+    """An unsigned-char vtkOrientedImageData on the given grid and its voxels as (k, j, i);
+    with ``memory`` (a C-contiguous uint8 array of ``shape``) the image uses that array's memory
+    and the voxels returned are that array."""
     k, j, i = shape
     image = slicer.vtkOrientedImageData()
     image.SetDimensions(int(i), int(j), int(k))
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i)
+    if memory is not None:
+        image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(memory.reshape(-1), deep=False))
+        voxels = memory
+    else:
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i)
     image.SetImageToWorldMatrix(_vtk_matrix(ijk_to_ras))
     return image, voxels
 
@@ -476,7 +482,8 @@ def _shared_layer(masks: Dict[str, np.ndarray], shape, ijk_to_ras):
     return image
 
 
-def _build_lungs(scene, volume_node, lung_labels: np.ndarray, name: str, created: list):
+def _build_lungs(scene, volume_node, lung_labels: np.ndarray, name: str, created: list,
+                 share: bool = False):
     """The lung segmentation: segments "right lung" and "left lung" (always both, so a lung
     the core missed can be painted in), terminology-coded as Slicer codes anatomy.
 
@@ -492,8 +499,14 @@ def _build_lungs(scene, volume_node, lung_labels: np.ndarray, name: str, created
     node = _new_segmentation_node(scene, volume_node, name, created)
     segmentation = node.GetSegmentation()
     labels = np.asarray(lung_labels)
-    image, voxels = _oriented_image(shape, ijk_to_ras_of(volume_node))
-    if labels.dtype == np.uint8:  # a lookup table: ~8x faster than np.isin on a whole CT
+    if share and labels.dtype == np.uint8 and labels.flags.c_contiguous and \
+            int(labels.max(initial=0)) <= max(LUNG_NAMES):
+        image, voxels = _oriented_image(shape, ijk_to_ras_of(volume_node), labels)
+    else:
+        image, voxels = _oriented_image(shape, ijk_to_ras_of(volume_node))
+    if voxels is labels:
+        pass  # the labels' own memory, already 0 / 1 right / 2 left
+    elif labels.dtype == np.uint8:  # a lookup table: ~8x faster than np.isin on a whole CT
         keep = np.zeros(256, np.uint8)
         keep[list(LUNG_NAMES)] = list(LUNG_NAMES)
         voxels[:] = keep[labels]
@@ -788,7 +801,7 @@ def create_result_nodes(scene, input_volume_node, result: AnalysisResult, replac
                                                      base + " lesions", options.show_3d, created)
         if options.segmentation and options.lungs and result.lung_labels is not None:
             nodes.lungs = _build_lungs(scene, input_volume_node, result.lung_labels,
-                                       base + " lungs", created)
+                                       base + " lungs", created, share=options.share_arrays)
         if options.reconstruction and result.reconstruction_hu is not None:
             nodes.reconstruction = _build_reconstruction(
                 scene, input_volume_node, result.reconstruction_hu, base + " reconstruction",
