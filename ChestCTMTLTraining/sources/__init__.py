@@ -61,7 +61,6 @@ def subset(s: SampleSet, idx) -> SampleSet:
                      [s.meta[i] for i in idx] if s.meta else [], s.skipped, s.volumes)
 
 
-
 def load_sources(specs: Sequence[dict], split: str, rep: Representation, root: Path,
                  lesion_types: Sequence[str] = LESION_TYPES) -> List[SampleSet]:
     out = []

@@ -26,7 +26,6 @@ from ChestCTMTLLib.representation import Representation, geometry_for_volume, hu
 from ChestCTMTLLib.results import LESION_TYPES
 
 from .base import SampleSet, build_set, class_index, log, split_items
-from .volumes import read_oriented
 
 DEFAULT_SCAN_CLASS = {"normal": "non-covid", "cap": "non-covid", "covid": "covid"}
 
@@ -80,7 +79,9 @@ def load_covid_ct_md(spec: dict, split: str, rep: Representation, root: Path,
         labels_csv = folder / (sid + "_slice_labels.csv")
         try:
             original = sitk.ReadImage(str(scans[sid]))
-            img = read_oriented(scans[sid])
+            if original.GetDimension() != 3:
+                raise ValueError("%s is not a 3D image" % scans[sid])
+            img = sitk.DICOMOrient(original, "LPS")
             labels = read_slice_labels(labels_csv) if labels_csv.is_file() else None
         except (OSError, RuntimeError, ValueError) as e:
             log.warning("skipping %s: %s", scans[sid], e)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ChestCTMTLLib.representation import Representation, geometry_for_image, load_gray8
-from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES
+from ChestCTMTLLib.results import LESION_TYPES
 
 from .base import IMAGE_EXTS, SampleSet, build_set, class_index, log, mask_to_model, split_items, type_index
 

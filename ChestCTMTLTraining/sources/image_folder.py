@@ -10,7 +10,7 @@ import torch
 from ChestCTMTLLib.representation import Representation, geometry_for_image, load_gray8
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES
 
-from .base import IMAGE_EXTS, SampleSet, build_set, class_index, log, mask_to_model, split_items, type_index
+from .base import IMAGE_EXTS, SampleSet, build_set, class_index, log, split_items
 
 
 def load_image_folder(spec: dict, split: str, rep: Representation, root: Path,

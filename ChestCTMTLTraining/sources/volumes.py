@@ -1,4 +1,4 @@
-"""HU volumes -> slice rows: the shared step of every whole-CT source (LIDC, NIfTI pairs, COVID-CT-MD)."""
+"""HU volumes -> slice rows: the shared step of the whole-CT sources with lesion masks (LIDC, NIfTI pairs)."""
 from __future__ import annotations
 
 import csv
