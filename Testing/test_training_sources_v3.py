@@ -273,3 +273,19 @@ def test_pack_round_trip_of_the_new_sources(data_dir, sars_small_root, tmp_path)
             np.testing.assert_array_equal(p.mask_present, d.mask_present)
             assert np.abs(p.images.astype(np.float32) - d.images.astype(np.float32)).max() <= 0.5 / 255 + 1e-3
             assert p.meta == json.loads(json.dumps(d.meta, default=json_default))
+
+
+def test_new_sources_feed_the_mixed_sampler(vois, ctmd):
+    """The trainer's sampler batches them: VOI patches become mosaics with nodule heatmap peaks,
+    COVID-CT-MD slices keep their class (no training is run)."""
+    from ChestCTMTLTraining.batching import MixedSampler
+
+    _, v = vois
+    _, c = ctmd
+    sampler = MixedSampler([v["train"], c["train"]], [1.0, 1.0], 64, len(CLASS_NAMES), {"enabled": False})
+    b = sampler.batch(0, 16)
+    assert b["image"].shape == (16, 1, 64, 64) and b["masks"].shape == (16, len(LESION_TYPES), 64, 64)
+    mosaic = b["cls"] == -1
+    assert mosaic.any() and (~mosaic).any()
+    assert (b["hm"][mosaic, NOD].amax(dim=(1, 2)) == 1.0).all(), "every mosaic has nodule centres"
+    assert set(b["cls"][~mosaic].tolist()) <= {COVID, NONCOVID}
