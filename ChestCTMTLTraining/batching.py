@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import SampleSet, mosaic
+from .sources.base import SampleSet
+from .sources.msd_h5 import mosaic
 
 
 # --------------------------------------------------------------------------- detection targets

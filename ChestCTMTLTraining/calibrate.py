@@ -48,7 +48,7 @@ def slice_probabilities(loaded, data: str = "default", device: str = "cpu",
 
     from .batching import eval_items
     from .config import load_config
-    from .data import load_split
+    from .loading import load_split
 
     cfg = load_config(data)
     specs = [dict(s) for s in cfg["sources"] if s.get("name") in TEMPERATURE_SOURCES]

@@ -129,3 +129,19 @@ def model_tasks(cfg: dict):
     for _n, tasks, _s in stages_of(cfg):
         used |= set(tasks)
     return tuple(x for x in TASKS if x in used)
+
+
+def representation_of(cfg: dict):
+    """The input representation a config trains with (its ``representation`` + the model's input size)."""
+    from ChestCTMTLLib.representation import Representation
+
+    rep = dict(cfg.get("representation") or {})
+    rep["input_size"] = int(cfg["model"].get("input_size", 256))
+    return Representation.from_dict(rep)
+
+
+def resolve_root(cfg: dict) -> Path:
+    """The data root of a config: its ``data_root`` or the project's default (``../shared/data``)."""
+    from ChestCTMTLLib.paths import data_root
+
+    return Path(cfg["data_root"]).expanduser() if cfg.get("data_root") else data_root()

@@ -35,7 +35,8 @@ from ChestCTMTLLib.volume_io import read_ct
 
 from .batching import boxes_from_mask, eval_items
 from .config import load_config
-from .data import json_default, load_split, read_gt_original
+from .loading import load_split
+from .sources.base import json_default, read_gt_original
 from .metrics import (average_precision, binary_scores, classification_scores, detection_summary,
                       froc, recon_scores, scan_detection, seg_scores)
 

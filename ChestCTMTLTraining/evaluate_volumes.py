@@ -35,7 +35,7 @@ import numpy as np
 from ChestCTMTLLib.paths import atomic_write_text, data_root
 from ChestCTMTLLib.results import CLASS_NAMES
 
-from .data import json_default
+from .sources.base import json_default
 from .metrics import FROC_RATES, confusion, detection_summary, froc, scan_detection
 
 log = logging.getLogger("ChestCTMTLTraining")

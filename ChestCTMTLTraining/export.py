@@ -13,7 +13,8 @@ from ChestCTMTLLib.modelio import save_model_folder
 
 def export_checkpoint(checkpoint, output, model_id: Optional[str] = None, card_extra=None) -> Path:
     """Rebuild the network from the checkpoint's architecture and write ``output`` atomically."""
-    from .train import make_card, representation_of
+    from .config import representation_of
+    from .train import make_card
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():

@@ -2,7 +2,7 @@
 
 Why: reading the sources (DICOM + XML, NIfTI, JPG/PNG folders, HDF5) needs SimpleITK, pydicom
 and the 150 MB data root; a borrowed GPU machine has neither and takes a 64 MB working tree.
-A pack holds exactly what :func:`~ChestCTMTLTraining.data.load_sources` returns for each split
+A pack holds exactly what :func:`~ChestCTMTLTraining.sources.load_sources` returns for each split
 (the same :class:`SampleSet` s: classes, masks, label presence, seg weights, ids, slice
 geometry, per-scan nodules), so training, evaluation and the ablation run unchanged from it.
 
@@ -26,7 +26,9 @@ import numpy as np
 from ChestCTMTLLib.representation import Representation
 from ChestCTMTLLib.results import LESION_TYPES
 
-from .data import SampleSet, json_default, load_sources, read_gt_original
+from .config import representation_of, resolve_root
+from .sources import SampleSet, load_sources
+from .sources.base import json_default, read_gt_original
 
 PACK_FORMAT = "chestctmtl-pack-1"
 
@@ -52,8 +54,6 @@ def _to_u8(images: np.ndarray) -> np.ndarray:
 def write_pack(cfg: dict, output, splits: Sequence[str] = ("train", "val"),
                lesion_types: Sequence[str] = LESION_TYPES) -> Path:
     """Load every source of ``cfg`` for each split and write them to ``output`` (atomically)."""
-    from .train import representation_of, resolve_root
-
     rep = representation_of(cfg)
     root = resolve_root(cfg)
     output = Path(output)

@@ -19,7 +19,7 @@ import torch
 from ChestCTMTLLib.modelio import default_model_dir, load_model
 from ChestCTMTLLib.representation import gray8_to_model, load_gray8
 
-from .data import IMAGE_EXTS
+from .sources.base import IMAGE_EXTS
 
 CSV_COLUMNS = ("file", "p_noncovid", "p_covid", "p_cancer", "predicted")
 

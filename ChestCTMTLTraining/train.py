@@ -27,13 +27,12 @@ import torch.distributed as dist
 from ChestCTMTLLib import __version__
 from ChestCTMTLLib.model import ModelConfig, MultiTaskNet, count_parameters
 from ChestCTMTLLib.modelio import save_model_folder
-from ChestCTMTLLib.paths import data_root
 from ChestCTMTLLib.representation import Representation
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES
 
 from .batching import MixedSampler
-from .config import model_tasks, stage_plan
-from .data import load_split
+from .config import model_tasks, representation_of, resolve_root, stage_plan  # noqa: F401 (re-exported)
+from .loading import load_split
 from .losses import MultiTaskLoss
 
 log = logging.getLogger("ChestCTMTLTraining")
@@ -46,22 +45,12 @@ class TrainingError(RuntimeError):
     pass
 
 
-def representation_of(cfg: dict) -> Representation:
-    rep = dict(cfg.get("representation") or {})
-    rep["input_size"] = int(cfg["model"].get("input_size", 256))
-    return Representation.from_dict(rep)
-
-
 def model_config_of(cfg: dict) -> ModelConfig:
     m = dict(cfg["model"])
     m["tasks"] = model_tasks(cfg)
     m.setdefault("class_names", CLASS_NAMES)
     m.setdefault("lesion_types", LESION_TYPES)
     return ModelConfig.from_dict(m)
-
-
-def resolve_root(cfg: dict) -> Path:
-    return Path(cfg["data_root"]).expanduser() if cfg.get("data_root") else data_root()
 
 
 def _dist_info():
