@@ -57,6 +57,14 @@ class SampleSet:
             self.name, self.split, len(self), cls, self.mask_present.sum(axis=0).tolist(), len(self.skipped))
 
 
+def source_folder(root: Path, spec: dict, default: str, what: str) -> Path:
+    """``root / spec["path"]`` (else ``default``); FileNotFoundError naming ``what`` if absent."""
+    folder = root / spec.get("path", default)
+    if not folder.is_dir():
+        raise FileNotFoundError("%s folder %s does not exist" % (what, folder))
+    return folder
+
+
 def natural_key(path) -> list:
     s = Path(path).name
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]

@@ -25,7 +25,7 @@ import numpy as np
 from ChestCTMTLLib.representation import Representation, geometry_for_volume, hu_slices_to_model
 from ChestCTMTLLib.results import LESION_TYPES
 
-from .base import SampleSet, build_set, class_index, log, split_items
+from .base import SampleSet, build_set, class_index, log, source_folder, split_items
 
 DEFAULT_SCAN_CLASS = {"normal": "non-covid", "cap": "non-covid", "covid": "covid"}
 
@@ -60,9 +60,7 @@ def load_covid_ct_md(spec: dict, split: str, rep: Representation, root: Path,
                      lesion_types: Sequence[str] = LESION_TYPES) -> SampleSet:
     import SimpleITK as sitk
 
-    folder = root / spec.get("path", "covid_ct_md")
-    if not folder.is_dir():
-        raise FileNotFoundError("COVID-CT-MD folder %s does not exist" % folder)
+    folder = source_folder(root, spec, "covid_ct_md", "COVID-CT-MD")
     name = spec.get("name", "covid-ct-md")
     scan_class = dict(DEFAULT_SCAN_CLASS, **(spec.get("scan_class") or {}))
     lesion_free = set(spec.get("lesion_free", ["normal"]))

@@ -28,7 +28,8 @@ import torch
 from ChestCTMTLLib.representation import Representation, geometry_for_image, load_gray8
 from ChestCTMTLLib.results import LESION_TYPES
 
-from .base import IMAGE_EXTS, SampleSet, build_set, class_index, log, natural_key, split_items
+from .base import (IMAGE_EXTS, SampleSet, build_set, class_index, log, natural_key, source_folder,
+                   split_items)
 
 DEFAULT_MAPPING = {"covid": "covid", "non-covid": "non-covid"}
 THUMB = 32
@@ -98,9 +99,7 @@ def not_near_duplicates(train: Sequence[Path], val: Sequence[Path], threshold: f
 
 def load_sarscov2_ct(spec: dict, split: str, rep: Representation, root: Path,
                      lesion_types: Sequence[str] = LESION_TYPES) -> SampleSet:
-    folder = root / spec.get("path", "sarscov2_ct")
-    if not folder.is_dir():
-        raise FileNotFoundError("SARS-CoV-2 CT folder %s does not exist" % folder)
+    folder = source_folder(root, spec, "sarscov2_ct", "SARS-CoV-2 CT")
     mapping = dict(DEFAULT_MAPPING, **(spec.get("mapping") or {}))
     name = spec.get("name", "sarscov2-ct")
     rows, skipped = [], []
