@@ -299,6 +299,7 @@ ALLOWED_OUTSIDE_SLICER_IMPORTS = {
     "torch": {"ChestCTMTLLib/model.py", "ChestCTMTLLib/modelio.py",
               "ChestCTMTLLib/representation.py",  # the model itself: torch is installed first
               "ChestCTMTLLib/inference.py",  # inside functions, after the model is loaded
+              "ChestCTMTLLib/network.py",  # the same: the network's runtime, split from it
               "ChestCTMTLMRML/logic.py"},  # the device label, only once torch is installed
     "safetensors": {"ChestCTMTLLib/modelio.py"},  # weights; installed with torch
     "matplotlib": {"ChestCTMTLLib/preview.py"},  # behind preview.available()

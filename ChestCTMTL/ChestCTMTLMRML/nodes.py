@@ -20,10 +20,9 @@ Design choices that matter to callers:
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import slicer
@@ -32,8 +31,7 @@ from vtk.util import numpy_support
 
 from ChestCTMTLLib.errors import ChestCTMTLError, InputError
 from ChestCTMTLLib.lungs import LUNG_NAMES
-from ChestCTMTLLib.results import (CLASS_NAMES, FINDINGS_TEXT_COLUMNS, FINDINGS_TSV_COLUMNS,
-                                   AnalysisResult, Finding)
+from ChestCTMTLLib.results import FINDINGS_TEXT_COLUMNS, AnalysisResult
 from ChestCTMTLLib.volume import CTVolume
 
 from . import terminology
@@ -538,217 +536,6 @@ def _build_reconstruction(scene, volume_node, reconstruction: np.ndarray, name: 
     return node
 
 
-def roi_name(finding: Finding) -> str:
-    return "{} {:.2f}".format(finding.type, float(finding.score))
-
-
-def _number(value) -> Optional[float]:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if number != number else number  # NaN: not measured
-
-
-def measurement_text(measurements: Optional[dict]) -> str:
-    """One line for a nodule's measurements, e.g. "long 18.7 mm \u00d7 short 15.1 mm, mean
-    16.9 mm, part-solid, size band 4B (research aid \u2014 not a Lung-RADS assessment)";
-    "" without measurements (zone findings)."""
-    m = measurements or {}
-    parts = []
-    long_mm, short_mm = _number(m.get("long_axis_mm")), _number(m.get("short_axis_mm"))
-    if long_mm is not None and short_mm is not None:
-        parts.append("long {:.1f} mm \u00d7 short {:.1f} mm".format(long_mm, short_mm))
-    elif long_mm is not None:
-        parts.append("long {:.1f} mm".format(long_mm))
-    mean_mm = _number(m.get("mean_diameter_mm"))
-    if mean_mm is not None:
-        parts.append("mean {:.1f} mm".format(mean_mm))
-    composition = m.get("composition") or ""
-    if composition:
-        solid_mm = _number(m.get("solid_component_mm"))
-        if composition == "part-solid" and solid_mm is not None:
-            composition += " (solid {:.1f} mm)".format(solid_mm)
-        parts.append(composition)
-    category = m.get("size_category")
-    if isinstance(category, dict) and category.get("category"):
-        band = "size band {}".format(category["category"])
-        if category.get("label"):
-            band += " ({})".format(category["label"])
-        parts.append(band)
-    elif category and not isinstance(category, dict):
-        parts.append("size band {}".format(category))
-    return ", ".join(parts)
-
-
-def _build_roi(scene, finding: Finding, created: list):
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", roi_name(finding))
-    created.append(node)
-    node.SetCenter(*[float(v) for v in finding.center_ras])
-    node.SetSize(*[float(v) for v in finding.size_ras])
-    node.SetLocked(True)
-    node.SetAttribute(MEASUREMENTS_ATTR, measurement_text(finding.measurements))
-    node.SetAttribute(SCORE_ATTR, "{:.4f}".format(float(finding.score)))
-    node.SetAttribute(TYPE_ATTR, finding.type)
-    node.SetAttribute(ID_ATTR, str(finding.id))
-    node.SetAttribute(STATUS_ATTR, STATUS_UNREVIEWED)
-    node.SetAttribute(NOTE_ATTR, "")
-    _show_locked_in_lesion_colour(node, finding.type)
-    return node
-
-
-def _show_locked_in_lesion_colour(node, lesion_type: str) -> None:
-    """A markups node drawn in its lesion type's colour, without interaction handles."""
-    node.CreateDefaultDisplayNodes()
-    display = node.GetDisplayNode()
-    if display is not None:
-        color = terminology.lesion_term(lesion_type).color
-        display.SetSelectedColor(*color)
-        display.SetColor(*color)
-        if hasattr(display, "SetHandlesInteractive"):
-            display.SetHandlesInteractive(False)
-
-
-def show_measurement_descriptions(results: ResultNodes) -> None:
-    """Put each finding ROI's measurements (its MEASUREMENTS_ATTR) into its description.
-
-    Markups nodes rewrite their description from their own (here: no) enabled measurements
-    whenever those are updated, e.g. while a scene is built or read, so the attribute is the
-    record and this is called again after building and after loading a scene.
-    """
-    for roi in results.rois:
-        text = roi.GetAttribute(MEASUREMENTS_ATTR) or ""
-        if text and roi.GetDescription() != text:
-            roi.SetDescription(text)
-
-
-def axis_name(finding: Finding, which: str) -> str:
-    return "{} {} axis".format(finding.id, which)
-
-
-def _axis_points(finding: Finding, which: str) -> Optional[np.ndarray]:
-    points = (finding.measurements or {}).get(which + "_axis_ras")
-    if not points:
-        return None
-    array = np.asarray(points, dtype=np.float64)
-    if array.shape != (2, 3) or not np.all(np.isfinite(array)):
-        _LOG.warning("finding %s: %s axis end points %r ignored", finding.id, which, points)
-        return None
-    return array
-
-
-def _build_axes(scene, finding: Finding, created: list) -> list:
-    """A locked markups line per measured axis ("long", "short") of a nodule finding; the
-    control points are the axis' end points in RAS (the input volume's world)."""
-    lines = []
-    for which in ("long", "short"):
-        points = _axis_points(finding, which)
-        if points is None:
-            continue
-        node = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", axis_name(finding, which))
-        created.append(node)
-        node.SetAttribute(ROLE_ATTR, ROLE_AXIS)
-        node.SetAttribute(ID_ATTR, str(finding.id))
-        node.SetAttribute(TYPE_ATTR, finding.type)
-        node.SetAttribute(AXIS_ATTR, which)
-        for point in points:
-            node.AddControlPoint(vtk.vtkVector3d(*[float(v) for v in point]))
-        node.SetLocked(True)
-        _show_locked_in_lesion_colour(node, finding.type)
-        lines.append(node)
-    return lines
-
-
-def _add_columns(table_node, columns: Iterable[str], rows: List[dict]) -> None:
-    table = table_node.GetTable()
-    for column in columns:
-        array = vtk.vtkStringArray() if column in _STRING_COLUMNS or column == "class" \
-            else vtk.vtkDoubleArray()
-        array.SetName(column)
-        for row in rows:
-            value = row.get(column, "")
-            if isinstance(array, vtk.vtkStringArray):
-                array.InsertNextValue(str(value))
-            else:  # a number; a measurement that does not apply ("") is NaN
-                array.InsertNextValue(float("nan") if value in ("", None) else float(value))
-        table.AddColumn(array)
-    table_node.Modified()
-
-
-def findings_rows(findings: Iterable[Finding]) -> List[dict]:
-    """findings.tsv rows plus the review columns, as the findings table holds them."""
-    rows = []
-    for finding in findings:
-        row = finding.row()
-        row.update(status=STATUS_UNREVIEWED, note="")
-        rows.append(row)
-    return rows
-
-
-def _build_tables(scene, result: AnalysisResult, findings: List[Finding], base: str,
-                  created: list):
-    table = scene.AddNewNodeByClass("vtkMRMLTableNode", base + " findings")
-    created.append(table)
-    _add_columns(table, FINDINGS_TSV_COLUMNS + TABLE_EXTRA_COLUMNS, findings_rows(findings))
-    classification = scene.AddNewNodeByClass("vtkMRMLTableNode", base + " classification")
-    created.append(classification)
-    rows = [{"class": name, "probability": float(result.class_probabilities[name])}
-            for name in CLASS_NAMES]
-    _add_columns(classification, ("class", "probability"), rows)
-    for node in (table, classification):
-        # Every supported Slicer (5.8 to 5.12) has this setter; the older
-        # SetUseColumnNameAsColumnHeader is deprecated there (Libs/MRML/Core/vtkMRMLTableNode.h
-        # at v5.8.0 and v5.12.3).
-        node.SetUseColumnTitleAsColumnHeader(True)
-        for key, value in _classification_attributes(result).items():
-            node.SetAttribute(key, value)
-    return table, classification
-
-
-def _classification_attributes(result: AnalysisResult) -> Dict[str, str]:
-    from ChestCTMTLLib.verdict import explain
-
-    attributes = {PREDICTED_CLASS_ATTR: result.predicted_class,
-                  VERDICT_EVIDENCE_ATTR: explain(result.verdict),
-                  MODEL_ID_ATTR: result.model.id, MODEL_VERSION_ATTR: result.model.version,
-                  MODEL_SHA256_ATTR: result.model.sha256}
-    for name in CLASS_NAMES:
-        attributes[PROBABILITY_ATTR_PREFIX + name] = "{:.6f}".format(
-            float(result.class_probabilities[name]))
-    involvement = getattr(result, "involvement", None)
-    if involvement:
-        attributes[INVOLVEMENT_ATTR] = json.dumps(involvement, default=_json_default)
-    return attributes
-
-
-def _json_default(value):
-    """numpy scalars and arrays in the involvement dict -> plain JSON values."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError("not JSON serializable: {!r}".format(type(value).__name__))
-
-
-def involvement_of(scene, results: ResultNodes) -> Optional[dict]:
-    """The analysis' lung involvement stored with the results (folder, else a table), or None."""
-    text = ""
-    sh = _sh(scene)
-    if sh is not None and results.folder_item:
-        text = sh.GetItemAttribute(results.folder_item, INVOLVEMENT_ATTR) or ""
-    for node in (results.table, results.classification_table):
-        if not text and node is not None:
-            text = node.GetAttribute(INVOLVEMENT_ATTR) or ""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        _LOG.warning("unreadable %s attribute ignored", INVOLVEMENT_ATTR)
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _check_geometry(volume_node, result: AnalysisResult) -> None:
     shape = volume_shape_of(volume_node)
     if tuple(result.volume.array.shape[:3]) != tuple(shape):
@@ -844,3 +631,10 @@ def _role_of(nodes: ResultNodes, node) -> str:
     if any(node is axis for axis in nodes.axes):
         return ROLE_AXIS
     return ROLE_ROI
+
+
+# the findings' markups (ROIs and axis lines) live in their own module; names kept here
+from .markups import (_build_axes, _build_roi, axis_name, measurement_text,  # noqa: E402,F401
+                      roi_name, show_measurement_descriptions)
+from .tables import (_add_columns, _build_tables, _classification_attributes,  # noqa: E402,F401
+                     findings_rows, involvement_of)
