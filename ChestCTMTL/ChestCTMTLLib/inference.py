@@ -31,6 +31,7 @@ volume is never modified.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -90,6 +91,7 @@ class _Progress:
             self._cb(f, text)
 
 
+@functools.lru_cache(maxsize=None)  # the CPU does not change while we run
 def native_cpu_bfloat16() -> bool:
     """True where the CPU computes bfloat16 natively (Intel AMX or AVX512-BF16, e.g. Sapphire
     Rapids, Zen 4) and PyTorch's oneDNN can use it. Elsewhere bfloat16 is emulated and slower
