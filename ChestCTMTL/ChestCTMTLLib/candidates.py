@@ -137,13 +137,9 @@ def shape_verdict(features: Dict[str, float], rules: ShapeRules) -> str:
 
 # --------------------------------------------------------------------------- candidates
 def _components(mask: np.ndarray, min_voxels: int):
-    from scipy import ndimage
+    from .postprocess import components_26
 
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        comp = lab[sl] == i
+    for sl, comp in components_26(mask):
         if int(comp.sum()) >= min_voxels:
             yield sl, comp
 
@@ -176,7 +172,10 @@ def in_lung_mask(lungs: Optional[LungMask], shape, margin_vox: Tuple[int, int, i
     inside = lungs.labels > 0
     if any(m > 0 for m in margin_vox):
         size = tuple(2 * int(m) + 1 for m in margin_vox)
-        inside = ndimage.maximum_filter(inside.view(np.uint8), size=size).astype(bool)
+        grown = np.empty(inside.shape, np.uint8)
+        ndimage.maximum_filter(inside.view(np.uint8), size=size, output=grown)
+        del inside
+        return grown.view(bool)  # 0/1 bytes: the same memory read as bool, no copy
     return inside
 
 
@@ -298,7 +297,7 @@ def zone_candidates(infection: np.ndarray, prob: np.ndarray, lungs: Optional[Lun
     outranks a nodule on segmentation confidence alone), 0 when no box supports it; its centre
     is the zone's lesion voxel nearest their centroid.
     """
-    from scipy import ndimage
+    from .postprocess import mask_extent
 
     if lungs is None or not lungs.found or not infection.any():
         return []
@@ -311,7 +310,7 @@ def zone_candidates(infection: np.ndarray, prob: np.ndarray, lungs: Optional[Lun
             n = int(sub.sum())
             if n == 0 or n * voxel_ml < min_zone_ml:
                 continue
-            bb = ndimage.find_objects(sub.astype(np.uint8))[0]
+            bb = mask_extent(sub)
             sl = (slice(k0 + bb[0].start, k0 + bb[0].stop), bb[1], bb[2])
             comp = sub[bb]
             p = prob[sl][comp].astype(np.float32) / 255.0

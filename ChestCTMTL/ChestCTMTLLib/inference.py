@@ -35,7 +35,7 @@ import functools
 import math
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -44,10 +44,11 @@ from .orientation import AxialView
 from .calibration import Calibration, CalibrationError, load_calibration
 from .lungs import LungMask
 from .lesion_stage import LesionStage, lesion_stage
+from .memory import release_free_memory
 from .options import DEFAULT_MIN_FINDING_EXTENT_MM, AnalysisOptions
 from .postprocess import (SliceBox, aggregate_slice_probabilities, link_slice_boxes,
                           remove_small_islands, suppress_duplicate_tracks, track_volume_mm3)
-from .results import AnalysisResult, Finding
+from .results import AnalysisResult, Finding, LesionMasks
 from .volume import CTVolume
 from .volume_io import validate_ct
 # the network's runtime lives in .network; imported here so callers (and tests) keep using
@@ -208,6 +209,15 @@ def findings_from_slice_boxes(boxes: Iterable[SliceBox], view: AxialView, volume
     return findings
 
 
+def _input_order(view, canonical: np.ndarray, shape) -> np.ndarray:
+    """A canonical-grid array in input array order: the same memory when the view is the
+    identity (no copy of a CT-sized array), else a C-ordered copy."""
+    out = view.from_canonical(canonical)
+    if out.shape == tuple(shape) and out.flags.c_contiguous:
+        return out
+    return np.ascontiguousarray(out)
+
+
 # --------------------------------------------------------------------------- the analyzer
 class Analyzer:
     """Configure once (options, device, model, calibration), then ``apply(volume)`` per CT.
@@ -320,13 +330,14 @@ class Analyzer:
                               prog, opts.channels_last, opts.num_threads == "auto", (0.1, 0.7),
                               self.precision)
         timings.update(outputs.timings)
+        release_free_memory()  # the batches' blocks, before the stages that need the room
 
         prog(0.82, "Segmenting the lungs")
         view = outputs.view
         canon = view.to_canonical(volume.array)
         s_mm = view.spacing[0]
         shape = volume.array.shape
-        masks: Dict[str, np.ndarray] = {}
+        masks: Mapping[str, np.ndarray] = {}
         lung_labels = None
         findings: List[Finding] = []
         lungs_report: dict = {}
@@ -337,13 +348,14 @@ class Analyzer:
             stage = lesion_stage(outputs, canon, opts, self.calibration, config.lesion_types, prog,
                                  timings)
             t = time.perf_counter()
-            for tname, m in stage.masks.items():
-                masks[tname] = np.zeros(shape, dtype=np.uint8)
-                view.to_canonical(masks[tname])[stage.crop] = m
+            if stage.masks:
+                masks = LesionMasks(list(stage.masks), np.zeros(shape, dtype=np.uint8))
+                inside = view.to_canonical(masks.labels)[stage.crop]
+                for tname, m in stage.masks.items():
+                    np.bitwise_or(inside, masks.bits[tname], out=inside, where=m)
+                stage.masks = {}  # now in the result's one array: not kept twice
             if stage.lungs is not None:
-                lung_labels = np.zeros(shape, dtype=np.uint8)
-                # the lungs (grown into lesions) lie inside the lesion crop
-                view.to_canonical(lung_labels)[stage.crop] = stage.lungs.labels[stage.crop]
+                lung_labels = _input_order(view, stage.lungs.labels, shape)
                 lungs_report = {"found": stage.lungs.found, "split": stage.lungs.split,
                                 "airway_removed_ml": round(stage.lungs.airway_ml, 2),
                                 "method": "HU thresholds + 3D components (ChestCTMTLLib.lungs)"}
@@ -367,18 +379,23 @@ class Analyzer:
                                                       canon if measure else None))
         else:
             thr = int(math.ceil(opts.seg_threshold * 255.0))
+            if outputs.seg_prob:
+                masks = LesionMasks(list(outputs.seg_prob), np.zeros(shape, dtype=np.uint8))
             for tname, prob in outputs.seg_prob.items():
-                masks[tname] = np.zeros(shape, dtype=np.uint8)
-                mv = view.to_canonical(masks[tname])
+                mv = np.zeros(view.canonical_shape, dtype=bool)
                 mv[outputs.seg_region] = prob >= thr
                 if mv.any():
                     min_vox = int(math.ceil(opts.min_island_mm3 / float(np.prod(view.spacing))))
                     remove_small_islands(mv, min_vox)
+                canon_labels = view.to_canonical(masks.labels)
+                np.bitwise_or(canon_labels, masks.bits[tname], out=canon_labels, where=mv)
+                del mv
             if "detection" in self.tasks:
                 findings = [f for f in findings_from_slice_boxes(outputs.boxes, view, volume,
                                                                  opts.min_finding_extent_mm)
                             if f.score >= self.score_threshold]
         outputs.seg_prob = {}  # free the probability maps before the verdict
+        release_free_memory()  # the stages' temporaries, before the outputs are written
         timings["map_back_results"] = time.perf_counter() - t
         prog(0.95, "Weighing the evidence")
         t = time.perf_counter()
@@ -414,11 +431,11 @@ class Analyzer:
         result = AnalysisResult(
             volume=volume, class_probabilities=class_probs, predicted_class=predicted,
             slice_probabilities=probs_arr, analysed_slices=analysed[order],
-            lesion_masks=masks, reconstruction_hu=outputs.reconstruction_hu, findings=findings,
+            lesion_masks=masks, reconstruction_hu=None, findings=findings,
             model=loaded.identity, timings_s=timings, device=dev, precision=self.precision,
             slice_axis=int(view.perm[0]),
             lung_labels=lung_labels, lungs=lungs_report, verdict=verdict,
-            involvement=involvement, stage=stage)
+            involvement=involvement, stage=stage, reconstruction_maps=outputs.reconstruction)
         prog(1.0, "Done")
         return result
 

@@ -30,7 +30,9 @@ class LesionStage:
 
     lungs: Optional[LungMask]  # full canonical grid
     crop: tuple  # slices of the canonical grid the masks cover
-    masks: Dict[str, np.ndarray]  # lesion type -> bool, inside the lungs, on ``crop``
+    #: lesion type -> bool, inside the lungs, on ``crop``; emptied by the Analyzer once they
+    #: are in the result's LesionMasks (the result's copy is the one to read)
+    masks: Dict[str, np.ndarray]
     nodules: list  # candidates.Candidate, kept and dropped, best first
     zones: list  # candidates.Candidate per lung zone
     pattern: object  # verdict.LesionPattern
@@ -52,7 +54,8 @@ def lesion_stage(outputs: "NetworkOutputs", canon_hu: np.ndarray, options: Analy
     """Lungs, lesion masks restricted to them, 3D candidates, zones and the lesion pattern.
 
     The one implementation of the steps after the network that ``analyze`` and the
-    evaluation commands run.
+    evaluation commands run. It takes over ``outputs.seg_prob`` (emptied: the crops it works on
+    replace them).
     """
     from .candidates import (in_lung_mask, is_solid_mass, nodule_candidates, plausible_infection,
                              shifted, touching_zone, zone_candidates)
@@ -73,6 +76,9 @@ def lesion_stage(outputs: "NetworkOutputs", canon_hu: np.ndarray, options: Analy
     offset = [c.start for c in crop]
     lungs_c = LungMask(lungs.labels[crop], spacing, lungs.airway_ml, lungs.split)  # a view
     prob = {tname: outputs.prob_crop(tname, crop) for tname in types}
+    # the stage takes the maps over: where the crop reaches past the network's region its
+    # probabilities are copies, and the region's maps would be held twice until the end
+    outputs.seg_prob = {}
     raw = {tname: p >= thr for tname, p in prob.items()}
     if raw and lungs.found:
         any_lesion = np.zeros(lungs_c.labels.shape, bool)
@@ -111,14 +117,18 @@ def lesion_stage(outputs: "NetworkOutputs", canon_hu: np.ndarray, options: Analy
                 overlay[c.bbox] |= c.mask
         masks["nodule-mass"] = overlay
     if "covid-infection" in masks and lungs.found:
-        masks["covid-infection"] &= lungs_c.labels > 0  # the margin is for nodules' edges only
+        # the margin is for nodules' edges only (slab by slab: no crop-sized temporary)
+        _and_inside_lungs(masks["covid-infection"], lungs_c.labels)
+    shape = allowed.shape
+    del allowed  # CT-crop-sized: the stages below need only its shape
     check()
     # solid masses stand apart: neither part of a diffuse process nor of its burden
     masses = [c for c in nodules if is_solid_mass(c)]
-    near_mass = touching_zone(masses, allowed.shape) if masses else None
-    lesion = np.zeros(allowed.shape, bool) if infection is None else infection.copy()
+    near_mass = touching_zone(masses, shape) if masses else None
+    lesion = np.zeros(shape, bool) if infection is None else infection.copy()
     if near_mass is not None and infection is not None:
-        lesion &= ~_islands_touching(infection, near_mass)
+        lesion[_islands_touching(infection, near_mass)] = False
+    del near_mass
     for c in nodules:
         if c.kept and not is_solid_mass(c):
             lesion[c.bbox] |= c.mask
@@ -132,9 +142,11 @@ def lesion_stage(outputs: "NetworkOutputs", canon_hu: np.ndarray, options: Analy
         evidence = cancer_evidence(masses, s_mm, cal)
     else:
         evidence = cancer_evidence(nodules, s_mm, cal)
+        del lesion
         if infection is not None:
             # infection islands touching a listed nodule/mass are that lesion seen twice
-            infection = infection & ~touching
+            infection[touching] = False  # its own array (plausible_infection's), not a mask's
+    del touching
     if infection is not None and lungs.found:
         p_inf = prob["covid-infection"]
         if pattern.diffuse and "nodule-mass" in prob:
@@ -157,12 +169,19 @@ def lesion_stage(outputs: "NetworkOutputs", canon_hu: np.ndarray, options: Analy
     return LesionStage(lungs, crop, masks, nodules, zones, pattern, evidence, infection)
 
 
+def _and_inside_lungs(mask: np.ndarray, labels: np.ndarray, chunk: int = 32) -> None:
+    """``mask &= labels > 0`` in place, a few slices at a time."""
+    for k0 in range(0, mask.shape[0], chunk):
+        part = mask[k0:k0 + chunk]
+        part &= labels[k0:k0 + chunk] > 0
+
+
 def _islands_touching(mask: np.ndarray, near: np.ndarray) -> np.ndarray:
     """The 3D components (26-connected) of ``mask`` that overlap ``near``."""
-    from scipy import ndimage
+    from .postprocess import components_26
 
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    hit = np.zeros(n + 1, bool)
-    hit[np.unique(lab[near & mask])] = True
-    hit[0] = False
-    return hit[lab]
+    out = np.zeros(mask.shape, bool)
+    for sl, comp in components_26(mask):
+        if near[sl][comp].any():
+            out[sl] |= comp
+    return out

@@ -435,14 +435,15 @@ def grow_into_lesions(lungs: LungMask, lesion: np.ndarray, min_inside: float = 0
 
     if not lungs.found or not lesion.any():
         return 0
-    lab, n = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
+    from .postprocess import components_26
+
     ball = np.ones((3, 3, 3), bool)
     added = 0
-    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        sl = tuple(slice(max(0, s.start - 1), min(d, s.stop + 1)) for s, d in zip(sl, lesion.shape))
-        comp = lab[sl] == i
+    for box, inner in components_26(lesion):
+        # one voxel of margin around the component (its shell), the component inside it
+        sl = tuple(slice(max(0, s.start - 1), min(d, s.stop + 1)) for s, d in zip(box, lesion.shape))
+        comp = np.zeros(tuple(s.stop - s.start for s in sl), bool)
+        comp[tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, sl))] = inner
         region = lungs.labels[sl]
         counts = np.bincount(region[comp], minlength=3)
         inside = counts[1:].sum() / float(comp.sum())

@@ -192,6 +192,64 @@ class _ThreadTuner:
             self.best = min(self.times, key=self.times.get)
 
 
+class ModelGridReconstruction:
+    """The reconstruction as the network made it: one unit image per analysed slice on the
+    model's grid (``input_size`` squared, in the network's output dtype), mapped to HU on
+    the input grid only when asked for.
+
+    Why not the HU volume itself: on the input grid it is as large as the CT (int16), and
+    holding it from the first batch to the last file doubles what a thin-slice scan needs
+    (a 1,044-slice CT: 0.55 GB vs 0.12 GB here). :meth:`to_hu` runs the very operations the
+    slice loop ran before (clip to [0, 1], window to HU, bilinear to the input box, round), so
+    the volume it returns is the one the loop used to fill.
+    """
+
+    def __init__(self, unit, slices: np.ndarray, geometry, view: AxialView, shape,
+                 hu_window: Tuple[float, float]) -> None:
+        self.unit = unit  # torch tensor (n, S, S), float32 or bfloat16
+        self.slices = np.asarray(slices, dtype=np.int64)
+        self.geometry = geometry
+        self.view = view
+        self.shape = tuple(int(v) for v in shape)
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.unit.numel() * self.unit.element_size())
+
+    def _slices_hu(self, rows):
+        import torch
+
+        lo, hi = self.hu_window
+        with torch.inference_mode():  # out of place: the stored maps are never changed
+            hu = torch.clamp(self.unit[rows].float(), 0.0, 1.0) * (hi - lo) + lo
+            hu = self.geometry.to_input(hu[:, None], fill=float(AIR_HU))
+            return torch.round(hu[:, 0]).clamp_(-32768, 32767).numpy().astype(np.int16)
+
+    def to_hu(self, batch: int = 16, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The reconstruction in HU on the input grid (int16, input array order; air where the
+        network did not look). A new array on every call (keep it while you need it), or
+        filled into ``out`` (int16 of the input's shape, e.g. a VTK image's own memory)."""
+        if out is None:
+            out = np.empty(self.shape, dtype=np.int16)
+        elif out.shape != self.shape or out.dtype != np.int16:
+            raise ValueError("out must be int16 of shape %s, got %s %s" % (self.shape, out.dtype,
+                                                                          out.shape))
+        out.fill(AIR_HU)
+        canon = self.view.to_canonical(out)
+        for start in range(0, len(self.slices), batch):
+            rows = slice(start, start + batch)
+            canon[self.slices[rows]] = self._slices_hu(rows)
+        return out
+
+    def canonical_slice_hu(self, k: int) -> np.ndarray:
+        """One canonical axial slice of :meth:`to_hu` (rows, cols) without building the volume."""
+        hits = np.flatnonzero(self.slices == int(k))
+        if hits.size == 0:
+            return np.full(self.view.canonical_shape[1:], AIR_HU, dtype=np.int16)
+        return self._slices_hu(slice(int(hits[0]), int(hits[0]) + 1))[0]
+
+
 @dataclass
 class NetworkOutputs:
     """What the network said about one volume, on the canonical axial grid (slice, row, col).
@@ -209,7 +267,7 @@ class NetworkOutputs:
     seg_prob: Dict[str, np.ndarray]  # lesion type -> uint8 on ``seg_region``; {} if seg off
     boxes: List[SliceBox]  # detection-head boxes (canonical slice, input pixels)
     slice_probs: Optional[np.ndarray]  # (len(slices), n_classes) softmax, in ``slices`` order
-    reconstruction_hu: Optional[np.ndarray]  # int16, input array order; None if recon off
+    reconstruction: Optional[ModelGridReconstruction]  # None if recon off
     timings: Dict[str, float] = field(default_factory=dict)
     #: the part of the canonical grid the network saw (analysed slices x its in-plane box);
     #: probabilities are 0 elsewhere, so only this part is stored
@@ -266,11 +324,7 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
     if "segmentation" in run_tasks:
         region_shape = (k_hi - k_lo, rr.stop - rr.start, cc.stop - cc.start)
         seg_prob = {name: np.zeros(region_shape, dtype=np.uint8) for name in lesion_types}
-    recon: Optional[np.ndarray] = None
-    recon_view = None
-    if "reconstruction" in run_tasks:
-        recon = np.full(volume.array.shape, AIR_HU, dtype=np.int16)
-        recon_view = view.to_canonical(recon)
+    recon_unit = None
     slice_probs: List[np.ndarray] = []
     boxes: List[SliceBox] = []
     lo_hu, hi_hu = float(rep.hu_window[0]), float(rep.hu_window[1])
@@ -296,6 +350,7 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
             tuner.before_batch(bi)
             with _autocast(dev, precision):
                 out = net(x, run_tasks)
+            recon_dtype = out["recon"].dtype if "recon" in out else None
             out = {k: v.float().to("cpu") for k, v in out.items()}
             tuner.after_batch(bi, (time.perf_counter() - t) / len(idx))
             t = lap("forward", t)
@@ -308,11 +363,12 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
                 for ti, name in enumerate(lesion_types):
                     seg_prob[name][idx - k_lo] = q[:, ti]
             if "recon" in out:
-                # the model reproduces the clipped unit image: outside [0, 1] means nothing
-                hu = out["recon"].clamp_(0.0, 1.0) * (hi_hu - lo_hu) + lo_hu
-                hu = geometry.to_input(hu, fill=float(AIR_HU))
-                recon_view[idx] = torch.round(hu[:, 0]).clamp_(-32768, 32767).numpy().astype(
-                    np.int16)
+                # kept on the model grid in the network's own dtype (exact: out["recon"] is
+                # that dtype widened); mapped to HU on the input grid when asked for
+                if recon_unit is None:
+                    recon_unit = torch.empty((len(slices),) + tuple(out["recon"].shape[-2:]),
+                                             dtype=recon_dtype)
+                recon_unit[bi * bs:bi * bs + len(idx)] = out["recon"][:, 0].to(recon_dtype)
             if "det_heatmap" in out:
                 dets = detections_from_outputs(out, config.det_stride, lesion_types,
                                                box_threshold, seg)
@@ -328,5 +384,9 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
             del out
             lap("map_back", t)
     probs_arr = np.concatenate(slice_probs, axis=0).astype(np.float32) if slice_probs else None
+    recon = None
+    if recon_unit is not None:
+        recon = ModelGridReconstruction(recon_unit, slices, geometry, view, volume.array.shape,
+                                        (lo_hu, hi_hu))
     return NetworkOutputs(view, geometry, region, slices, seg_prob, boxes, probs_arr, recon,
                           timings, seg_region)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .lungs import LUNG_NAMES
 from .orientation import AxialView, axial_view
-from .results import CLASS_NAMES, AnalysisResult, Finding
+from .results import CLASS_NAMES, AnalysisResult, Finding, LesionMasks
 
 PREVIEW_FILE = "preview.png"
 NOTE = "Research use, not a diagnosis."
@@ -184,11 +184,51 @@ def _slice_s_mm(result: AnalysisResult, view: AxialView, canonical_slice: int) -
 
 
 # --------------------------------------------------------------------------- slice choice
-def _lesion_area_per_slice(canonical_masks: Sequence[np.ndarray], n_slices: int) -> np.ndarray:
-    area = np.zeros(n_slices, dtype=np.int64)
-    for mask in canonical_masks:
-        area += mask.reshape(n_slices, -1).sum(axis=1, dtype=np.int64)
-    return area
+class _SliceMasks:
+    """The lesion masks on the canonical grid, read a slice or a box at a time: from an
+    analysis (:class:`LesionMasks`) straight from its one array of type bits, so drawing a
+    preview makes no CT-sized copy per type."""
+
+    CHUNK = 32  # slices per step of :meth:`area_per_slice` (bounds its temporary)
+
+    def __init__(self, masks, view: AxialView) -> None:
+        self._arrays: Dict[str, np.ndarray] = {}
+        self._labels = None
+        self._bits: Dict[str, int] = {}
+        if isinstance(masks, LesionMasks):
+            self._labels = view.to_canonical(masks.labels)
+            self._bits = dict(masks.bits)
+        else:
+            self._arrays = {name: view.to_canonical(np.asarray(m)) for name, m in masks.items()}
+
+    @property
+    def names(self) -> List[str]:
+        return list(self._bits) if self._labels is not None else list(self._arrays)
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def on(self, name: str, index) -> np.ndarray:
+        """Where type ``name`` is, on ``array[index]`` of the canonical grid (bool)."""
+        if self._labels is None:
+            return self._arrays[name][index] > 0
+        return np.bitwise_and(self._labels[index], self._bits[name]) != 0
+
+    def area_per_slice(self, n_slices: int) -> np.ndarray:
+        """Lesion voxels per canonical slice, summed over types (a voxel two types share
+        counts twice)."""
+        area = np.zeros(n_slices, dtype=np.int64)
+        if self._labels is None:
+            for mask in self._arrays.values():
+                area += mask.reshape(n_slices, -1).sum(axis=1, dtype=np.int64)
+            return area
+        weight = np.zeros(256, np.int64)
+        for v in range(256):
+            weight[v] = sum(1 for bit in self._bits.values() if v & bit)
+        for k0 in range(0, n_slices, self.CHUNK):
+            chunk = self._labels[k0:k0 + self.CHUNK]
+            area[k0:k0 + len(chunk)] = weight[chunk].reshape(len(chunk), -1).sum(axis=1)
+        return area
 
 
 def choose_slices(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
@@ -203,7 +243,7 @@ def choose_slices(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
         raise ValueError("max_slices must be at least 1")
     view = view or axial_view(result.volume.ijk_to_ras, result.volume.array.shape)
     n_slices = view.canonical_shape[0]
-    masks = [view.to_canonical(np.asarray(m)) for m in result.lesion_masks.values()]
+    masks = _SliceMasks(result.lesion_masks, view)
     chosen: List[PreviewSlice] = []
 
     def taken(canonical: int) -> bool:
@@ -218,7 +258,9 @@ def choose_slices(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
             continue
         best = (s0 + s1) // 2
         if masks:
-            area = [sum(int(m[s, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1].sum()) for m in masks)
+            area = [sum(int(masks.on(name, (s, slice(lo[1], hi[1] + 1),
+                                            slice(lo[2], hi[2] + 1))).sum())
+                        for name in masks.names)
                     for s in range(s0, s1 + 1)]
             if max(area) > 0:
                 best = s0 + int(np.argmax(area))
@@ -226,7 +268,7 @@ def choose_slices(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
             finding.id, finding.type, float(finding.score))))
 
     if masks and len(chosen) < max_slices:
-        area = _lesion_area_per_slice(masks, n_slices)
+        area = masks.area_per_slice(n_slices)
         gap = max(1, n_slices // (2 * max_slices))
         for s in np.argsort(-area, kind="stable"):
             if len(chosen) >= max_slices or area[s] == 0:
@@ -347,8 +389,9 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
     view = axial_view(volume.ijk_to_ras, volume.array.shape)
     slices = choose_slices(result, max_slices, view)
     ct = view.to_canonical(volume.array)
-    recon = (view.to_canonical(result.reconstruction_hu)
-             if result.reconstruction_hu is not None else None)
+    # the reconstruction of the shown slices only (from an analysis it is built on demand)
+    recon = ({c.canonical: result.reconstruction_canonical_slice(view, c.canonical)
+              for c in slices} if result.has_reconstruction else None)
     lesion_types = list(result.lesion_masks)
     for finding in result.findings:
         if finding.type not in lesion_types:
@@ -356,7 +399,7 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
     lungs = (view.to_canonical(np.asarray(result.lung_labels))
              if result.lung_labels is not None else None)
     palette = _colors_for(lesion_types + [LUNG_NAMES[v] for v in sorted(LUNG_NAMES)], colors)
-    masks = {name: view.to_canonical(np.asarray(m)) for name, m in result.lesion_masks.items()}
+    masks = _SliceMasks(result.lesion_masks, view)
     finding_boxes = [(f, finding_canonical_box(view, f)) for f in result.findings]
 
     s_mm, r_mm, c_mm = view.spacing
@@ -397,17 +440,17 @@ def preview_figure(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
         s = chosen.canonical
         _show_slice(ct_axes, ct[s], aspect, crop)
         overlay = np.zeros(ct[s].shape + (4,), dtype=np.float32)
-        for name, mask in masks.items():
-            on = mask[s] > 0
+        shown = {name: masks.on(name, s) for name in masks.names}
+        for name, on in shown.items():
             if on.any():
                 overlay[on] = palette[name] + (OVERLAY_ALPHA,)
         if overlay[..., 3].any():
             ct_axes.imshow(overlay, interpolation="nearest", aspect=aspect, origin="upper")
         if lungs is not None:  # under the lesion outlines, which matter more at the pleura
             _draw_lung_outlines(ct_axes, lungs[s], palette, crop)
-        for name, mask in masks.items():
-            if (mask[s] > 0).any():
-                ct_axes.contour((mask[s] > 0).astype(np.float32), levels=[0.5],
+        for name, on in shown.items():
+            if on.any():
+                ct_axes.contour(on.astype(np.float32), levels=[0.5],
                                 colors=[palette[name]], linewidths=1.0)
         r0c, r1c, c0c, c1c = crop  # contour() autoscales: put the crop back
         ct_axes.set_xlim(c0c - 0.5, c1c - 0.5)

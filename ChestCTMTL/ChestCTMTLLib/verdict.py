@@ -86,6 +86,17 @@ def lung_slice_selection(lungs: Optional[LungMask], slices: np.ndarray, min_frac
     return keep if keep.any() else np.ones(len(slices), bool)
 
 
+def _lesion_per_slice(lesion: np.ndarray, labels: np.ndarray, chunk: int = 32) -> Dict[int, np.ndarray]:
+    """Lesion voxels per slice in each lung (label -> counts per slice), a few slices at a time
+    (whole-volume comparisons would make CT-sized temporaries)."""
+    counts = {side: np.zeros(lesion.shape[0], np.int64) for side in (RIGHT, LEFT)}
+    for k0 in range(0, lesion.shape[0], chunk):
+        les, lab = lesion[k0:k0 + chunk], labels[k0:k0 + chunk]
+        for side in (RIGHT, LEFT):
+            counts[side][k0:k0 + len(les)] = np.count_nonzero(les & (lab == side), axis=(1, 2))
+    return counts
+
+
 def lesion_pattern(lesion: np.ndarray, lungs: Optional[LungMask], spacing: Sequence[float],
                    cal: Calibration) -> LesionPattern:
     """Burden per lung and zone of ``lesion`` (bool, canonical), and for a diffuse process its
@@ -98,12 +109,12 @@ def lesion_pattern(lesion: np.ndarray, lungs: Optional[LungMask], spacing: Seque
     burden, zones = {}, {}
     if lungs is None or not lungs.found:
         return LesionPattern({}, {}, False)
+    per_slice = _lesion_per_slice(lesion, lungs.labels)
     for side in (RIGHT, LEFT):
         name = LUNG_NAMES[side]
-        in_side = lesion & (lungs.labels == side)
-        burden[name] = float(in_side.sum()) * voxel_ml
+        burden[name] = float(per_slice[side].sum()) * voxel_ml
         for zone, k0, k1 in lungs.zone_slices(side):
-            zones["%s %s" % (lung_side_name(side), zone)] = float(in_side[k0:k1].sum()) * voxel_ml
+            zones["%s %s" % (lung_side_name(side), zone)] = float(per_slice[side][k0:k1].sum()) * voxel_ml
     diffuse = bool(burden) and min(burden.values()) >= float(v["diffuse_min_ml_per_lung"])
     pattern = LesionPattern(burden, zones, diffuse)
     if diffuse:

@@ -27,7 +27,7 @@ from ChestCTMTLLib.lungs import LUNG_NAMES
 from ChestCTMTLLib.results import FINDINGS_TSV_COLUMNS, AnalysisResult
 from ChestCTMTLLib.volume import CTVolume
 
-from . import headless, nodes, terminology
+from . import headless, nodes, seg_nrrd, terminology
 
 SEGMENTATION_FILE = "lesions.seg.nrrd"
 #: Only when the result has lung labels, hence not in CASE_FILES.
@@ -77,6 +77,18 @@ def _write_with_storage_node(node, path: Path, compress: bool = True) -> None:
         messages = storage.GetUserMessages().GetAllMessagesAsString() \
             if storage.GetUserMessages() is not None else ""
         raise CaseWriteError("could not write {}: {}".format(path.name, messages.strip()))
+
+
+def _write_segmentation(node, path: Path) -> None:
+    """The storage node's file; for a segmentation of one shared layer (what the analysis
+    gives) written from that layer, without the storage node's CT-sized copies
+    (:mod:`.seg_nrrd`)."""
+    try:
+        if seg_nrrd.write_shared_layer(node, path):
+            return
+    except OSError as exc:
+        raise CaseWriteError(str(exc)) from exc
+    _write_with_storage_node(node, path)
 
 
 def write_markups_file(rois: List[object], path: Path) -> None:
@@ -148,9 +160,9 @@ def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: P
         results = nodes.create_result_nodes(scene, volume_node, result,
                                             options=nodes.ResultOptions(share_arrays=True))
         if results.segmentation is not None:
-            _write_with_storage_node(results.segmentation, folder / SEGMENTATION_FILE)
+            _write_segmentation(results.segmentation, folder / SEGMENTATION_FILE)
         if results.lungs is not None:
-            _write_with_storage_node(results.lungs, folder / LUNGS_FILE)
+            _write_segmentation(results.lungs, folder / LUNGS_FILE)
         if results.reconstruction is not None:
             _write_with_storage_node(results.reconstruction, folder / RECONSTRUCTION_FILE)
         write_markups_file(results.rois + results.axes, folder / MARKUPS_FILE)

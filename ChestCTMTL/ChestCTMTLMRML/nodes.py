@@ -31,7 +31,7 @@ from vtk.util import numpy_support
 
 from ChestCTMTLLib.errors import ChestCTMTLError, InputError
 from ChestCTMTLLib.lungs import LUNG_NAMES
-from ChestCTMTLLib.results import FINDINGS_TEXT_COLUMNS, AnalysisResult
+from ChestCTMTLLib.results import FINDINGS_TEXT_COLUMNS, AnalysisResult, LesionMasks
 from ChestCTMTLLib.volume import CTVolume
 
 from . import terminology
@@ -300,6 +300,14 @@ def _remove_node(scene, node) -> None:
         dependents += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
     if node.IsA("vtkMRMLStorableNode"):
         dependents += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    if node.IsA("vtkMRMLSegmentationNode"):
+        # Segments sharing a layer are "separated" into new full-volume images one by one as
+        # the segmentation is destroyed (vtkSegmentation::RemoveSegment ->
+        # SeparateSegmentLabelmap, Slicer v5.8.0 to v5.12.x): two CT-sized copies made only
+        # to be thrown away. Without representations there is nothing to separate.
+        segmentation = node.GetSegmentation()
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentation.GetNthSegment(index).RemoveAllRepresentations()
     sh = _sh(scene)
     item = sh.GetItemByDataNode(node) if sh is not None else 0
     if item:  # first the item, so it cannot linger in its folder
@@ -435,23 +443,27 @@ def _new_segment(name: str, term: terminology.LesionTerm):
 
 
 def _build_segmentation(scene, volume_node, masks: Dict[str, np.ndarray], name: str,
-                        show_3d: bool, created: list):
+                        show_3d: bool, created: list, share: bool = False):
     shape = volume_shape_of(volume_node)
-    for lesion_type, mask in masks.items():  # checked before any node exists
-        if tuple(mask.shape) != tuple(shape):
+    # checked before any node exists (a LesionMasks' masks share one shape: read it, not them)
+    shapes = {name: masks.shape for name in masks} if isinstance(masks, LesionMasks) else \
+        {name: np.shape(mask) for name, mask in masks.items()}
+    for lesion_type, mask_shape in shapes.items():
+        if tuple(mask_shape) != tuple(shape):
             raise GeometryMismatchError(
-                "lesion mask '{}' has shape {}, the volume {}".format(lesion_type, mask.shape, shape))
+                "lesion mask '{}' has shape {}, the volume {}".format(lesion_type, mask_shape, shape))
     node = _new_segmentation_node(scene, volume_node, name, created)
     segmentation = node.GetSegmentation()
     ijk_to_ras = ijk_to_ras_of(volume_node)
-    shared = _shared_layer(masks, shape, ijk_to_ras)
-    for value, (lesion_type, mask) in enumerate(masks.items(), start=1):
+    shared, values = _shared_layer(masks, shape, ijk_to_ras, share)
+    for lesion_type in masks:
         segment = _new_segment(lesion_type, terminology.lesion_term(lesion_type))
         if shared is not None:
             segment.AddRepresentation(_BINARY_LABELMAP, shared)
-            segment.SetLabelValue(value)
+            segment.SetLabelValue(int(values[lesion_type]))
         else:
-            segment.AddRepresentation(_BINARY_LABELMAP, _oriented_mask(mask, ijk_to_ras))
+            segment.AddRepresentation(_BINARY_LABELMAP,
+                                      _oriented_mask(masks[lesion_type], ijk_to_ras))
         segmentation.AddSegment(segment, lesion_type)
     display = node.GetDisplayNode()
     display.SetVisibility2DFill(True)
@@ -462,22 +474,36 @@ def _build_segmentation(scene, volume_node, masks: Dict[str, np.ndarray], name: 
     return node
 
 
-def _shared_layer(masks: Dict[str, np.ndarray], shape, ijk_to_ras):
-    """One labelmap holding every lesion mask as label 1, 2, ... (in ``masks`` order) when no
-    two overlap, else None (one layer each). A shared layer is how Slicer itself stores
-    segments that do not overlap: one full-volume image instead of one per type, and writing
-    the ``.seg.nrrd`` needs no merging (measured: the first write 0.84 -> 0.3 s on a 512 x 512 x
-    261 CT)."""
+def _shared_layer(masks, shape, ijk_to_ras, share: bool = False):
+    """(one labelmap holding every lesion type, type -> its label value) when no two types
+    share a voxel, else (None, None): one layer each. A shared layer is how Slicer itself
+    stores segments that do not overlap: one full-volume image instead of one per type, and
+    writing the ``.seg.nrrd`` needs no merging (measured: the first write 0.84 -> 0.3 s on a
+    512 x 512 x 261 CT). The analysis' :class:`LesionMasks` already is such a labelmap (its
+    bits are the values): it is copied once, or with ``share`` used in place."""
     if len(masks) < 2:
-        return None
+        return None, None
+    if isinstance(masks, LesionMasks):
+        layer = masks.shared_layer()
+        if layer is None:
+            return None, None
+        labels, values = layer
+        if share and labels.flags.c_contiguous:
+            image, _ = _oriented_image(shape, ijk_to_ras, labels)
+        else:
+            image, voxels = _oriented_image(shape, ijk_to_ras)
+            voxels[:] = labels
+        return image, values
     image, voxels = _oriented_image(shape, ijk_to_ras)
     voxels[:] = 0  # AllocateScalars leaves the memory as it was
-    for value, mask in enumerate(masks.values(), start=1):
+    values = {}
+    for value, (name, mask) in enumerate(masks.items(), start=1):
         on = np.asarray(mask) > 0
         if np.any(voxels[on]):
-            return None  # two types share voxels: separate layers keep both
+            return None, None  # two types share voxels: separate layers keep both
         voxels[on] = value
-    return image
+        values[name] = value
+    return image, values
 
 
 def _build_lungs(scene, volume_node, lung_labels: np.ndarray, name: str, created: list,
@@ -522,8 +548,11 @@ def _build_lungs(scene, volume_node, lung_labels: np.ndarray, name: str, created
     return node
 
 
-def _build_reconstruction(scene, volume_node, reconstruction: np.ndarray, name: str,
+def _build_reconstruction(scene, volume_node, reconstruction, name: str,
                           created: list, share: bool = False):
+    """The reconstruction volume from an int16 array (copied, or with ``share`` used in place)
+    or from the network's maps (``to_hu(out=...)``), which are mapped to HU straight into the
+    node's own image memory: no second CT-sized array, and it goes when the node goes."""
     shape = volume_shape_of(volume_node)
     if tuple(reconstruction.shape) != tuple(shape):
         raise GeometryMismatchError("reconstruction has shape {}, the volume {}".format(
@@ -531,7 +560,16 @@ def _build_reconstruction(scene, volume_node, reconstruction: np.ndarray, name: 
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     created.append(node)
     node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_of(volume_node)))
-    _set_voxels(node, reconstruction, share)
+    if isinstance(reconstruction, np.ndarray):
+        _set_voxels(node, reconstruction, share)
+    else:
+        k, j, i = shape
+        image = vtk.vtkImageData()
+        image.SetDimensions(int(i), int(j), int(k))
+        image.AllocateScalars(vtk.VTK_SHORT, 1)
+        voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i)
+        reconstruction.to_hu(out=voxels)
+        node.SetAndObserveImageData(image)
     _add_ct_display(scene, node)
     return node
 
@@ -585,14 +623,15 @@ def create_result_nodes(scene, input_volume_node, result: AnalysisResult, replac
         nodes = ResultNodes(folder_item=folder, input_volume=input_volume_node)
         if options.segmentation and result.lesion_masks:
             nodes.segmentation = _build_segmentation(scene, input_volume_node, result.lesion_masks,
-                                                     base + " lesions", options.show_3d, created)
+                                                     base + " lesions", options.show_3d, created,
+                                                     share=options.share_arrays)
         if options.segmentation and options.lungs and result.lung_labels is not None:
             nodes.lungs = _build_lungs(scene, input_volume_node, result.lung_labels,
                                        base + " lungs", created, share=options.share_arrays)
-        if options.reconstruction and result.reconstruction_hu is not None:
+        if options.reconstruction and result.has_reconstruction:
             nodes.reconstruction = _build_reconstruction(
-                scene, input_volume_node, result.reconstruction_hu, base + " reconstruction",
-                created, share=options.share_arrays)
+                scene, input_volume_node, result.reconstruction_source(),
+                base + " reconstruction", created, share=options.share_arrays)
         findings = [f for f in result.findings if float(f.score) >= options.score_threshold] \
             if options.detections else []
         for finding in findings:
