@@ -317,3 +317,17 @@ def test_evaluation_reports_type_dice_on_held_out_multiclass_slices(tmp_path, da
     assert m["headline"]["ggo_dice"] == types["ground-glass opacity"]["dice"]
     assert "consolidation_dice" in m["headline"]
     assert "Infection types" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_every_infection_type_has_its_terminology_entry():
+    """Segments named after the model's types get codes and colours from the context file:
+    ground-glass opacity DCM 112120 (DICOM CID 6104 "Abnormal Opacity Finding or Feature"),
+    consolidation SCT 95436008 "Lung consolidation"."""
+    from ChestCTMTLMRML import terminology
+
+    codes = {"ground-glass opacity": "DCM^112120^Ground glass opacity",
+             "consolidation": "SCT^95436008^Lung consolidation"}
+    for name in INFECTION_TYPES:
+        term = terminology.lesion_term(name)
+        assert term.entry is not None and codes[name] in term.entry, name
+        assert term.color != terminology.lesion_term("not-a-type").color
