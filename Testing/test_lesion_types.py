@@ -331,3 +331,35 @@ def test_every_infection_type_has_its_terminology_entry():
         term = terminology.lesion_term(name)
         assert term.entry is not None and codes[name] in term.entry, name
         assert term.color != terminology.lesion_term("not-a-type").color
+
+
+def test_v3_recipe_builds_a_model_with_infection_types_and_default_does_not():
+    from ChestCTMTLTraining.train import model_config_of
+
+    assert model_config_of(load_config("v3_sources")).infection_types == INFECTION_TYPES
+    assert model_config_of(load_config("default")).infection_types == ()
+
+
+def test_pack_keeps_the_type_labels_and_the_split(tmp_path):
+    """A pack made of the multi-class and doctor folders serves the same padded sets, and the
+    original label map (for the type Dice) travels in it."""
+    from ChestCTMTLTraining.loading import load_split
+    from ChestCTMTLTraining.pack import write_pack
+    from ChestCTMTLTraining.sources.base import read_gt_labels
+
+    _folder(tmp_path, "doctor", [str(i) for i in range(5)], label_value=255)
+    _folder(tmp_path, "multi", [str(i) for i in range(5)])
+    rule = {"mode": "last_fraction", "fraction": 0.2}
+    cfg = {"data_root": str(tmp_path), "model": {"input_size": 32}, "representation": {},
+           "sources": [{"name": "d", "type": "covid_semiseg", "path": "doctor", "kind": "doctor", "holdout": rule},
+                       {"name": "m", "type": "covid_semiseg_types", "path": "multi", "pair": "doctor",
+                        "holdout": rule}]}
+    pack = write_pack(cfg, tmp_path / "p.npz")
+    direct = load_split(cfg, "val", Representation(input_size=32))
+    packed = load_split(dict(cfg, data_pack=str(pack)), "val", Representation(input_size=32))
+    assert [s.name for s in packed] == ["d", "m"] and all(s.masks.shape[1] == 4 for s in packed)
+    for a, b in zip(direct, packed):
+        assert a.ids == b.ids and np.array_equal(a.masks, b.masks)
+        assert np.array_equal(a.mask_present, b.mask_present)
+    labels = read_gt_labels(packed[1].meta[0])
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2}
