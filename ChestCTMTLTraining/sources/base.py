@@ -8,7 +8,10 @@ class, only a mask, or both:
 * ``classes[n] = -1``: no class label;
 * ``mask_present[n, t]``: lesion type ``t`` is annotated on this slice (an all-zero mask then
   means "known lesion-free"); otherwise the slice adds no segmentation/detection loss for ``t``;
-* ``seg_weight[n]``: pseudo-labels weigh less than doctors' labels.
+* ``seg_weight[n]``: pseudo-labels weigh less than doctors' labels;
+* infection-type channels (``model.INFECTION_TYPES``) may follow the lesion channels: filled by
+  :mod:`.covid_semiseg_types`, empty in every other set, and never ``mask_present`` (see that
+  module for why).
 
 Splits are decided per source by a ``holdout`` rule in the config (whole source, none, the
 last fraction of the naturally sorted files per class folder, which keeps neighbouring slice
