@@ -13,6 +13,10 @@ What is measured where (so the numbers can be compared with published ones):
   centre within max(lesion radius, 5 mm); per-scan numbers from
   :func:`.metrics.scan_detection`, shared with ``evaluate-volumes``.
 * reconstruction PSNR / SSIM on the model grid (unit intensity, data range 1).
+* infection types (a model with ``infection_types``) on the held-out multi-class slices, at
+  their original size: each infected pixel (covid-infection >= 0.5) goes to its most probable
+  type (``model.infection_type_masks``, as ``predict`` writes them); per-slice mean Dice over
+  slices holding the type and the pooled Dice (:func:`.metrics.infection_type_scores`).
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ import numpy as np
 import torch
 
 from ChestCTMTLLib.inference import Analyzer, resolve_device, resolve_model
-from ChestCTMTLLib.model import detections_from_outputs
+from ChestCTMTLLib.model import (INFECTION, detections_from_outputs, infection_type_masks,
+                                 infection_type_probabilities)
 from ChestCTMTLLib.options import AnalysisOptions
 from ChestCTMTLLib.paths import atomic_write_text
 from ChestCTMTLLib.representation import SliceGeometry
@@ -36,9 +41,9 @@ from ChestCTMTLLib.volume_io import read_ct
 from .batching import boxes_from_mask, eval_items
 from .config import load_config
 from .loading import load_split
-from .sources.base import json_default, read_gt_original
+from .sources.base import TYPES_KIND, json_default, read_gt_labels, read_gt_original
 from .metrics import (average_precision, binary_scores, classification_scores, detection_summary,
-                      froc, recon_scores, scan_detection, seg_scores)
+                      froc, infection_type_scores, recon_scores, scan_detection, seg_scores)
 
 log = logging.getLogger("ChestCTMTLTraining")
 
@@ -75,6 +80,7 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
     seg_rows: Dict[str, List[dict]] = {t: [] for t in types}
     empty_fp: Dict[str, List[float]] = {t: [] for t in types}
     recon_rows = []
+    type_rows: List[dict] = []
     det_preds: Dict[str, list] = {t: [] for t in types}
     det_gts: Dict[str, dict] = {t: {} for t in types}
     examples = []
@@ -121,6 +127,8 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
                         if len(examples) < 8 and g.any() and t == 0 and n == 0:
                             examples.append((sid, it["image"][0].numpy(), it["masks"][t].numpy(),
                                              prob[t].numpy()))
+                if "type_logits" in out and meta.get("kind") == TYPES_KIND and meta.get("geometry"):
+                    type_rows.append(_type_row(out, n, mcfg, meta, s.name))
                 if "recon" in out:
                     r = recon_scores(it["image"][0].numpy(), out["recon"][n, 0].float().numpy())
                     r["source"] = s.name
@@ -173,6 +181,11 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
                                              "mean_fp_fraction": _nanmean(empty_fp[tname])}}
     if seg_rows and any(seg_rows.values()):
         metrics["segmentation"] = seg
+    if type_rows:
+        by_src = {src: infection_type_scores([r for r in type_rows if r["source"] == src], mcfg.infection_types)
+                  for src in sorted({r["source"] for r in type_rows})}
+        metrics["infection_types"] = {"grid": "original", "types": infection_type_scores(type_rows, mcfg.infection_types),
+                                      "by_source": by_src}
     if recon_rows:
         metrics["reconstruction"] = {"n": len(recon_rows), "psnr": _nanmean([r["psnr"] for r in recon_rows]),
                                      "ssim": _nanmean([r["ssim"] for r in recon_rows]),
@@ -203,6 +216,16 @@ def evaluate_model(model=None, data="default", output="eval", split: str = "val"
     metrics["elapsed_s"] = round(time.time() - t0, 1)
     write_report(metrics, out_dir, examples, scans_det)
     return metrics
+
+
+def _type_row(out: dict, n: int, mcfg, meta: dict, source: str) -> dict:
+    """One held-out multi-class slice: predicted type masks and its label map, original size."""
+    geom = geometry_from_dict(meta["geometry"])
+    q = infection_type_probabilities(out["seg_logits"][n:n + 1], out["type_logits"][n:n + 1], mcfg)
+    p_inf = torch.sigmoid(out["seg_logits"][n:n + 1, list(mcfg.lesion_types).index(INFECTION)].float())
+    p_inf = geom.to_input(p_inf[:, None])[0, 0].numpy()
+    q = geom.to_input(q)[0].numpy()
+    return {"source": source, "pred": infection_type_masks(p_inf, q), "gt": read_gt_labels(meta)}
 
 
 def volume_lesions(vol: dict) -> List[dict]:
@@ -321,6 +344,11 @@ def headline(m: dict) -> dict:
         h["covid_dice_by_source"] = {k: v["dice"] for k, v in seg["covid-infection"]["by_source"].items()}
     if "nodule-mass" in seg:
         h["nodule_dice"] = seg["nodule-mass"]["dice"]
+    for name, key in (("ground-glass opacity", "ggo"), ("consolidation", "consolidation")):
+        t = m.get("infection_types", {}).get("types", {}).get(name)
+        if t:
+            h[key + "_dice"] = t["dice"]
+            h[key + "_dice_pooled"] = t["dice_pooled"]
     if "classification" in m:
         h["accuracy"] = m["classification"]["accuracy"]
         h["balanced_accuracy"] = m["classification"]["balanced_accuracy"]
@@ -410,6 +438,14 @@ def write_report(m: dict, out_dir: Path, examples, scans_det) -> None:
             for src, r in d["by_source"].items():
                 lines.append("| %s | %s | %s | %d | %.3f | %.3f | %.1f |" % (t, src, r["grid"], r["n"], r["dice"],
                                                                           r["iou"], r["hd95"]))
+    if "infection_types" in m:
+        lines += ["", "## Infection types (held-out multi-class slices, original size)", "",
+                  "| type | source | slices with type | Dice (per slice) | IoU | Dice (pooled) |",
+                  "|---|---|---|---|---|---|"]
+        for src, d in m["infection_types"]["by_source"].items():
+            for t, r in d.items():
+                lines.append("| %s | %s | %d | %.3f | %.3f | %.3f |" % (t, src, r["n"], r["dice"], r["iou"],
+                                                                     r["dice_pooled"]))
     if "classification" in m:
         c = m["classification"]
         lines += ["", "## Classification (slices)", "",

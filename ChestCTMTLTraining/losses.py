@@ -6,6 +6,13 @@ pseudo-labels count less). An optional BCE term keeps gradients sane on known le
 slices, where a Dice ratio alone is degenerate. Detection uses CenterNet's penalty-reduced
 focal loss on the centre heatmap (no MONAI equivalent) plus L1 on log-size and offset at
 centres.
+
+Infection types (a model with ``type_logits``): the batch's masks carry the type channels after
+the lesion channels (:mod:`.sources.covid_semiseg_types`). Samples with type labels add
+:meth:`MultiTaskLoss.infection_types` - soft Dice of P(type) = P(infection) x softmax against
+each type's mask, plus cross-entropy of the softmax on the typed pixels; every other sample
+(binary doctor masks, pseudo labels) supervises only the infection channel through
+:meth:`MultiTaskLoss.segmentation` and sends exactly zero gradient to the split.
 """
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ from typing import Dict, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ChestCTMTLLib.model import INFECTION
+from ChestCTMTLLib.results import LESION_TYPES
 
 SEG_LOSSES = ("generalized_dice", "dice", "dice_ce", "focal", "tversky")
 
@@ -55,8 +65,10 @@ def centernet_focal(logits: torch.Tensor, target: torch.Tensor, present: torch.T
 
 class MultiTaskLoss:
     def __init__(self, cfg: Optional[dict] = None, n_classes: int = 3,
-                 class_weights: Optional[Sequence[float]] = None):
+                 class_weights: Optional[Sequence[float]] = None,
+                 lesion_types: Sequence[str] = LESION_TYPES):
         cfg = dict(cfg or {})
+        self.infection = list(lesion_types).index(INFECTION) if INFECTION in lesion_types else 0
         self.seg_name = cfg.get("segmentation", "generalized_dice")
         self.seg_loss = make_seg_loss(self.seg_name)
         self.seg_bce = float(cfg.get("seg_bce_weight", 0.5))
@@ -69,6 +81,7 @@ class MultiTaskLoss:
         self.det_size_w = float(cfg.get("det_size_weight", 0.1))
         self.det_off_w = float(cfg.get("det_offset_weight", 1.0))
         self.label_smoothing = float(cfg.get("label_smoothing", 0.05))
+        self.type_weight = float(cfg.get("infection_type_weight", 1.0))
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
 
     def segmentation(self, logits, masks, present, weight):
@@ -90,6 +103,35 @@ class MultiTaskLoss:
             count += 1
         return total / max(count, 1), count > 0
 
+    def infection_types(self, seg_logits, type_logits, type_masks, infection_gt, weight, infection: int):
+        """Type loss over the samples that carry type labels; ``None`` when the batch has none.
+
+        ``type_masks`` (B, K, H, W) are the type channels, ``infection_gt`` (B, H, W) the
+        infection channel's mask. A sample carries type labels when its type channels hold any
+        pixel: the labelled data marks every infected pixel with its type (the types partition
+        the infection), while binary-only samples have empty type channels - so those samples,
+        and the infected pixels of a labelled sample that have no type (e.g. pasted from a binary
+        sample), never reach the split. Soft Dice of P(type) against each type is summed over the
+        selected samples (a crop may hold one type only); the cross-entropy of the softmax acts
+        only on typed pixels, so it moves the split and never the infection probability.
+        """
+        tgt = type_masks.float()
+        sel = tgt.flatten(1).amax(dim=1) > 0
+        if not bool(sel.any()):
+            return None
+        tgt = tgt[sel]
+        w = weight[sel].float()[:, None, None, None]
+        typed = tgt.sum(dim=1, keepdim=True).clamp(max=1.0)
+        valid = (1.0 - infection_gt[sel].float()[:, None] + typed).clamp(0.0, 1.0) * w
+        p_inf = torch.sigmoid(seg_logits[sel, infection].float())[:, None]
+        log_q = torch.log_softmax(type_logits[sel].float(), dim=1)
+        prob = p_inf * log_q.exp()
+        inter = (valid * prob * tgt).sum(dim=(0, 2, 3))
+        denom = (valid * (prob + tgt)).sum(dim=(0, 2, 3))
+        dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
+        ce = -(w * tgt * log_q).sum() / (w * typed).sum().clamp(min=1.0)
+        return dice.mean() + ce
+
     def __call__(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor],
                  tasks: Iterable[str]):
         tasks = set(tasks)
@@ -101,15 +143,25 @@ class MultiTaskLoss:
                 parts["classification"] = F.cross_entropy(
                     out["class_logits"][has].float(), batch["cls"][has], weight=cw,
                     label_smoothing=self.label_smoothing)
+        # lesion channels first, infection-type channels (if any) after them
+        n_les = next((out[k].shape[1] for k in ("seg_logits", "det_heatmap") if k in out), batch["masks"].shape[1])
         if "segmentation" in tasks and "seg_logits" in out:
-            l, ok = self.segmentation(out["seg_logits"], batch["masks"], batch["present"], batch["weight"])
+            l, ok = self.segmentation(out["seg_logits"], batch["masks"][:, :n_les],
+                                      batch["present"][:, :n_les], batch["weight"])
+            n_types = out["type_logits"].shape[1] if "type_logits" in out else 0
+            if n_types and batch["masks"].shape[1] == n_les + n_types and self.type_weight > 0:
+                lt = self.infection_types(out["seg_logits"], out["type_logits"], batch["masks"][:, n_les:],
+                                          batch["masks"][:, self.infection], batch["weight"], self.infection)
+                if lt is not None:
+                    l, ok = (l + self.type_weight * lt if ok else self.type_weight * lt), True
             if ok:
                 parts["segmentation"] = l
         if "reconstruction" in tasks and "recon" in out:
             fn = F.mse_loss if self.recon == "mse" else F.l1_loss
             parts["reconstruction"] = fn(out["recon"].float(), batch["image"])
-        if "detection" in tasks and "det_heatmap" in out and bool(batch["present"].any()):
-            hm = centernet_focal(out["det_heatmap"], batch["hm"], batch["present"])
+        if "detection" in tasks and "det_heatmap" in out and bool(batch["present"][:, :n_les].any()):
+            # boxes come from the lesion channels only (type channels are never present there)
+            hm = centernet_focal(out["det_heatmap"], batch["hm"][:, :n_les], batch["present"][:, :n_les])
             reg = batch["reg"][:, None]
             n = reg.sum().clamp(min=1.0)
             size_l = (F.l1_loss(out["det_size"].float(), batch["size"], reduction="none") * reg).sum() / n

@@ -32,6 +32,33 @@ def seg_scores(pred: np.ndarray, gt: np.ndarray, spacing=None) -> Dict[str, floa
     return out
 
 
+def infection_type_scores(rows: Sequence[dict], types: Sequence[str]) -> dict:
+    """Per infection type over slices: mean per-slice Dice/IoU on slices where the type is
+    present (as :func:`seg_scores`), and the pooled Dice of all slices' pixels together (a
+    slice without the type still counts its false positives there).
+
+    ``rows``: per slice ``{"source", "pred": (K,H,W) bool, "gt": (H,W) labels 1..K}``.
+    """
+    out = {}
+    for k, name in enumerate(types):
+        per, inter, total, fp_free = [], 0, 0, []
+        for r in rows:
+            p, g = np.asarray(r["pred"][k], bool), np.asarray(r["gt"]) == k + 1
+            inter += int((p & g).sum())
+            total += int(p.sum() + g.sum())
+            if g.any():
+                per.append(seg_scores(p, g))
+            else:
+                fp_free.append(float(p.mean()))
+        dice = [x["dice"] for x in per]
+        out[name] = {"n": len(per), "dice": float(np.mean(dice)) if dice else float("nan"),
+                     "iou": float(np.mean([x["iou"] for x in per])) if per else float("nan"),
+                     "dice_pooled": 2.0 * inter / total if total else float("nan"),
+                     "slices": len(rows), "slices_without_type": {"n": len(fp_free),
+                                                                  "mean_fp_fraction": float(np.mean(fp_free)) if fp_free else float("nan")}}
+    return out
+
+
 def classification_scores(y_true: Sequence[int], prob: np.ndarray, class_names: Sequence[str]) -> dict:
     from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                                  recall_score, roc_auc_score)

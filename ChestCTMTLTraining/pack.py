@@ -28,7 +28,7 @@ from ChestCTMTLLib.results import LESION_TYPES
 
 from .config import representation_of, resolve_root
 from .sources import SampleSet, load_sources
-from .sources.base import json_default, read_gt_original
+from .sources.base import json_default, read_gt_labels
 
 PACK_FORMAT = "chestctmtl-pack-1"
 
@@ -74,7 +74,7 @@ def write_pack(cfg: dict, output, splits: Sequence[str] = ("train", "val"),
             gts = []
             for n, m in enumerate(s.meta or []):
                 if m.get("mask") and m.get("geometry"):
-                    arrays[key + "gt/%d" % n] = read_gt_original(m)
+                    arrays[key + "gt/%d" % n] = read_gt_labels(m)
                     gts.append(n)
             entries.append({"name": s.name, "kind": s.kind, "ids": list(s.ids), "meta": s.meta,
                             "skipped": s.skipped, "volumes": s.volumes, "gt_original": gts})

@@ -2,8 +2,11 @@
 
 Writes ``OUTDIR/<stem>_lesion.png`` (0/255 at the input's size: the union of all lesion types,
 mapped back through the representation's exact inverse) and ``OUTDIR/predictions.csv`` with
-``file,p_noncovid,p_covid,p_cancer,predicted``. An unreadable file is reported on stderr and
-skipped; the CSV lists only files that were analysed.
+``file,p_noncovid,p_covid,p_cancer,predicted``. A model with ``infection_types`` also writes
+``<stem>_ggo.png`` and ``<stem>_consolidation.png`` (0/255, the input's size): the infected
+pixels split by their most probable type (``model.infection_type_masks``), so the two are
+disjoint and their union is the covid-infection part of ``_lesion.png``. An unreadable file
+is reported on stderr and skipped; the CSV lists only files that were analysed.
 """
 from __future__ import annotations
 
@@ -16,12 +19,16 @@ from typing import Iterable, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ChestCTMTLLib.model import INFECTION, infection_type_masks, infection_type_probabilities
 from ChestCTMTLLib.modelio import default_model_dir, load_model
 from ChestCTMTLLib.representation import gray8_to_model, load_gray8
 
 from .sources.base import IMAGE_EXTS
 
 CSV_COLUMNS = ("file", "p_noncovid", "p_covid", "p_cancer", "predicted")
+
+#: file suffix per infection type (``model.INFECTION_TYPES``)
+TYPE_SUFFIX = {"ground-glass opacity": "ggo", "consolidation": "consolidation"}
 
 
 def collect_images(inputs: Iterable) -> List[Path]:
@@ -44,10 +51,18 @@ def _unique_stem(stem: str, used: set) -> str:
     return name
 
 
+def _write_mask(target: Path, mask: np.ndarray) -> None:
+    """A bool mask as a 0/255 grey PNG, written atomically."""
+    from PIL import Image
+
+    tmp = target.with_name(target.stem + ".tmp.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp)
+    os.replace(tmp, target)
+
+
 def predict_images(inputs, output, model: Optional[str] = None, threshold: float = 0.5,
                    progress: bool = True) -> Tuple[int, int]:
     """Returns (files analysed, files refused)."""
-    from PIL import Image
     from tqdm import tqdm
 
     lm = load_model(Path(model) if model else default_model_dir())
@@ -76,12 +91,14 @@ def predict_images(inputs, output, model: Optional[str] = None, threshold: float
         stem = _unique_stem(f.stem, used)
         if "seg_logits" in out:
             prob = torch.sigmoid(out["seg_logits"].float()).amax(dim=1, keepdim=True)
-            mask = geom.to_input(prob)[0, 0].numpy() >= threshold
-            png = (mask.astype(np.uint8) * 255)
-            target = out_dir / ("%s_lesion.png" % stem)
-            tmp = target.with_name(target.stem + ".tmp.png")
-            Image.fromarray(png).save(tmp)
-            os.replace(tmp, target)
+            _write_mask(out_dir / ("%s_lesion.png" % stem), geom.to_input(prob)[0, 0].numpy() >= threshold)
+        if "type_logits" in out:
+            p_inf = torch.sigmoid(out["seg_logits"][:, mcfg.lesion_types.index(INFECTION)].float())
+            q = infection_type_probabilities(out["seg_logits"], out["type_logits"], mcfg)
+            masks = infection_type_masks(geom.to_input(p_inf[:, None])[0, 0].numpy(),
+                                         geom.to_input(q)[0].numpy(), threshold)
+            for name, m in zip(mcfg.infection_types, masks):
+                _write_mask(out_dir / ("%s_%s.png" % (stem, TYPE_SUFFIX[name])), m)
         if "class_logits" in out:
             p = torch.softmax(out["class_logits"][0].float(), 0).numpy()
             rows.append({"file": str(f), "p_noncovid": "%.6f" % p[names.index("non-covid")],

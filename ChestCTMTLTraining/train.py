@@ -228,7 +228,7 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
         for s in sets:
             print(s.summary(), flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"]))
-    loss_fn = MultiTaskLoss(cfg["loss"], len(CLASS_NAMES), cfg["loss"].get("class_weights"))
+    loss_fn = MultiTaskLoss(cfg["loss"], len(CLASS_NAMES), cfg["loss"].get("class_weights"), mcfg.lesion_types)
     stages = stage_plan(cfg)
     budget = float(tcfg.get("time_budget_s") or 0)  # fit the schedule to a wall-clock budget
     probe = int(tcfg.get("budget_probe_steps", 60))

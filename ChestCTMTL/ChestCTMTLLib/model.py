@@ -15,6 +15,12 @@ Design choices and why:
 * Segmentation: U-Net decoder with skip connections from every encoder level, plus the input
   image itself at full resolution so boundaries are not limited to the stride-2 grid; one
   sigmoid channel per lesion type (types may overlap, so not a softmax).
+* Infection types (optional, ``ModelConfig.infection_types``): a 1x1 convolution on the same
+  full-resolution features gives ``type_logits``, a softmax over ground-glass opacity vs
+  consolidation that is read *given* infection: P(type k) = P(covid-infection) x softmax_k. So
+  the types are disjoint and their union is the covid-infection channel by construction, a
+  slice labelled only "infected" supervises that channel and never the split, and a model
+  without the option has exactly the layers (and outputs) it always had.
 * Reconstruction: decoder fed by the bottleneck only - no skips, linear output - so it cannot
   copy the input through a shortcut and really regularises the shared encoder.
 * Detection: anchor-free CenterNet-style head at stride 4 (a per-type centre heatmap, box size
@@ -41,6 +47,11 @@ from .results import CLASS_NAMES, LESION_TYPES
 TASKS = ("classification", "segmentation", "reconstruction", "detection")
 BACKBONES = ("fast", "vgg13", "resnet50")
 
+#: The lesion channel the infection types split, and the types our data labels (COVID-SemiSeg
+#: MultiClassInfection: 1 ground-glass opacity, 2 consolidation), in that order.
+INFECTION = "covid-infection"
+INFECTION_TYPES = ("ground-glass opacity", "consolidation")
+
 _DEFAULT_WIDTHS = {
     "fast": (24, 32, 64, 128, 192),  # v2; chestctmtl-fast-v1 was (16, 24, 40, 80, 128)
     "vgg13": (64, 128, 256, 512, 512),
@@ -65,6 +76,8 @@ class ModelConfig:
     class_names: Tuple[str, ...] = CLASS_NAMES
     lesion_types: Tuple[str, ...] = LESION_TYPES
     tasks: Tuple[str, ...] = TASKS
+    #: () or INFECTION_TYPES: the kinds the covid-infection channel is split into
+    infection_types: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -88,8 +101,22 @@ class ModelConfig:
             raise ValueError("only det_stride 4 is implemented")
         if self.input_size % 32:
             raise ValueError("input_size must be a multiple of 32")
+        self.infection_types = tuple(self.infection_types)
+        if self.infection_types:
+            # the training data labels exactly these, in this order (GT values 1, 2)
+            if self.infection_types != INFECTION_TYPES:
+                raise ValueError("infection_types must be empty or %s, got %s"
+                                 % (list(INFECTION_TYPES), list(self.infection_types)))
+            if INFECTION not in self.lesion_types:
+                raise ValueError("infection_types split the %r channel, which lesion_types %s lacks"
+                                 % (INFECTION, list(self.lesion_types)))
+            if "segmentation" not in self.tasks:
+                raise ValueError("infection_types need the segmentation task")
 
     def to_dict(self) -> dict:
+        # infection_types only when set: a model without them keeps the architecture record
+        # (and so the checkpoint and card comparisons) it always had
+        extra = {"infection_types": list(self.infection_types)} if self.infection_types else {}
         return {
             "backbone": self.backbone, "widths": list(self.widths),
             "decoder_widths": list(self.decoder_widths), "recon_widths": list(self.recon_widths),
@@ -97,7 +124,7 @@ class ModelConfig:
             "cls_hidden": self.cls_hidden, "dropout": self.dropout,
             "input_size": self.input_size, "in_channels": self.in_channels,
             "class_names": list(self.class_names), "lesion_types": list(self.lesion_types),
-            "tasks": list(self.tasks),
+            "tasks": list(self.tasks), **extra,
         }
 
     @classmethod
@@ -107,7 +134,8 @@ class ModelConfig:
         if unknown:
             raise ValueError("unknown architecture keys: %s" % sorted(unknown))
         kw = dict(d)
-        for k in ("widths", "decoder_widths", "recon_widths", "class_names", "lesion_types", "tasks"):
+        for k in ("widths", "decoder_widths", "recon_widths", "class_names", "lesion_types", "tasks",
+                  "infection_types"):
             if k in kw and kw[k] is not None:
                 kw[k] = tuple(kw[k])
         return cls(**kw)
@@ -257,9 +285,14 @@ class ClassifierHead(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """Upsample, concatenate the encoder skip, depthwise-separable conv; ends at full resolution."""
+    """Upsample, concatenate the encoder skip, depthwise-separable conv; ends at full resolution.
 
-    def __init__(self, enc_channels: Sequence[int], widths: Sequence[int], n_out: int, in_channels: int):
+    ``n_types`` > 0 adds ``type_out``, a second 1x1 head on the same final features (the
+    infection-type logits); with 0 the module has exactly the parameters it always had.
+    """
+
+    def __init__(self, enc_channels: Sequence[int], widths: Sequence[int], n_out: int, in_channels: int,
+                 n_types: int = 0):
         super().__init__()
         c = enc_channels[4]
         ups = []
@@ -270,14 +303,19 @@ class UNetDecoder(nn.Module):
         full = max(8, widths[-1] // 2)
         self.full = DSConv(c + in_channels, full)
         self.out = nn.Conv2d(full, n_out, 1)
+        if n_types:
+            self.type_out = nn.Conv2d(full, n_types, 1)
 
-    def forward(self, feats: List[torch.Tensor], image: torch.Tensor):
+    def features(self, feats: List[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         x = feats[4]
         for up, skip in zip(self.ups, reversed(feats[:4])):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = up(torch.cat([x, skip], dim=1))
         x = F.interpolate(x, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return self.out(self.full(torch.cat([x, image], dim=1)))
+        return self.full(torch.cat([x, image], dim=1))
+
+    def forward(self, feats: List[torch.Tensor], image: torch.Tensor):
+        return self.out(self.features(feats, image))
 
 
 class ReconDecoder(nn.Module):
@@ -329,7 +367,8 @@ class MultiTaskNet(nn.Module):
         ch = self.encoder.out_channels
         self.classifier = ClassifierHead(ch[4], c.cls_hidden, len(c.class_names), c.dropout) \
             if "classification" in c.tasks else None
-        self.seg_decoder = UNetDecoder(ch, c.decoder_widths, len(c.lesion_types), c.in_channels) \
+        self.seg_decoder = UNetDecoder(ch, c.decoder_widths, len(c.lesion_types), c.in_channels,
+                                       len(c.infection_types)) \
             if "segmentation" in c.tasks else None
         self.recon_decoder = ReconDecoder(ch[4], c.recon_widths) if "reconstruction" in c.tasks else None
         self.det_head = CenterNetHead(ch, c.det_width, len(c.lesion_types)) \
@@ -359,13 +398,41 @@ class MultiTaskNet(nn.Module):
         if "classification" in tasks:
             out["class_logits"] = self.classifier(feats[4])
         if "segmentation" in tasks:
-            out["seg_logits"] = self.seg_decoder(feats, x)
+            if self.config.infection_types:
+                f = self.seg_decoder.features(feats, x)
+                out["seg_logits"] = self.seg_decoder.out(f)
+                out["type_logits"] = self.seg_decoder.type_out(f)
+            else:
+                out["seg_logits"] = self.seg_decoder(feats, x)
         if "reconstruction" in tasks:
             out["recon"] = self.recon_decoder(feats[4])
         if "detection" in tasks:
             hm, size, off = self.det_head(feats)
             out["det_heatmap"], out["det_size"], out["det_offset"] = hm, size, off
         return out
+
+
+def infection_type_probabilities(seg_logits: torch.Tensor, type_logits: torch.Tensor,
+                                 config: ModelConfig) -> torch.Tensor:
+    """(B, K, H, W) P(infection type k) = P(covid-infection) x softmax_k(type_logits).
+
+    The one reading of the type head that training (per-type loss), evaluation, ``predict`` and
+    the whole-CT pipeline share: the K maps sum to the infection probability.
+    """
+    p_inf = torch.sigmoid(seg_logits[:, config.lesion_types.index(INFECTION)].float())[:, None]
+    return p_inf * torch.softmax(type_logits.float(), dim=1)
+
+
+def infection_type_masks(p_infection, type_prob, threshold: float = 0.5):
+    """Disjoint per-type masks whose union is the infection mask ``p_infection >= threshold``:
+    each infected pixel goes to its most probable type. ``p_infection`` (..., H, W) and
+    ``type_prob`` (..., K, H, W) torch tensors or numpy arrays on the same grid; returns a bool
+    array (..., K, H, W)."""
+    p = np.asarray(p_infection, dtype=np.float32)
+    q = np.asarray(type_prob, dtype=np.float32)
+    best = q.argmax(axis=-3)
+    k = np.arange(q.shape[-3]).reshape((-1, 1, 1))
+    return (np.expand_dims(best, -3) == k) & np.expand_dims(p >= threshold, -3)
 
 
 def count_parameters(model: nn.Module) -> int:

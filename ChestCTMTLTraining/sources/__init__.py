@@ -18,6 +18,7 @@ from ChestCTMTLLib.results import LESION_TYPES
 from .base import SampleSet, log
 from .covid_ct_md import load_covid_ct_md
 from .covid_semiseg import load_covid_semiseg
+from .covid_semiseg_types import load_covid_semiseg_types, with_type_channels  # noqa: F401
 from .image_folder import load_image_folder
 from .lidc_dicom import load_lidc_dicom
 from .lidc_nodule_vois import load_lidc_nodule_vois
@@ -27,6 +28,7 @@ from .volume_pair import load_volume_pair
 
 ADAPTERS = {
     "covid_semiseg": load_covid_semiseg,
+    "covid_semiseg_types": load_covid_semiseg_types,
     "image_folder": load_image_folder,
     "lidc_dicom": load_lidc_dicom,
     "volume_pair": load_volume_pair,
@@ -63,6 +65,8 @@ def subset(s: SampleSet, idx) -> SampleSet:
 
 def load_sources(specs: Sequence[dict], split: str, rep: Representation, root: Path,
                  lesion_types: Sequence[str] = LESION_TYPES) -> List[SampleSet]:
+    """Each spec's set (empty ones dropped), unpadded: a set with infection-type channels keeps
+    them and the others do not (:func:`with_type_channels` evens them out for batching)."""
     out = []
     for spec in specs:
         s = load_source(spec, split, rep, root, lesion_types)

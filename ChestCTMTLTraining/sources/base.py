@@ -8,7 +8,10 @@ class, only a mask, or both:
 * ``classes[n] = -1``: no class label;
 * ``mask_present[n, t]``: lesion type ``t`` is annotated on this slice (an all-zero mask then
   means "known lesion-free"); otherwise the slice adds no segmentation/detection loss for ``t``;
-* ``seg_weight[n]``: pseudo-labels weigh less than doctors' labels.
+* ``seg_weight[n]``: pseudo-labels weigh less than doctors' labels;
+* infection-type channels (``model.INFECTION_TYPES``) may follow the lesion channels: filled by
+  :mod:`.covid_semiseg_types`, empty in every other set, and never ``mask_present`` (see that
+  module for why).
 
 Splits are decided per source by a ``holdout`` rule in the config (whole source, none, the
 last fraction of the naturally sorted files per class folder, which keeps neighbouring slice
@@ -31,6 +34,10 @@ from ChestCTMTLLib.results import CLASS_NAMES
 log = logging.getLogger("ChestCTMTLTraining")
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+#: ``meta["kind"]`` of slices whose mask file is a label map of infection types
+#: (:mod:`.covid_semiseg_types`): 0 background, k = the k-th of ``model.INFECTION_TYPES``
+TYPES_KIND = "multiclass_types"
 
 
 @dataclass
@@ -153,10 +160,37 @@ def read_gt_original(meta: dict) -> np.ndarray:
     """A slice's ground-truth infection mask at its original resolution (from a pack or the file)."""
     if meta.get("gt_array") is not None:
         return np.asarray(meta["gt_array"]).astype(bool)
+    if meta.get("kind") == TYPES_KIND:
+        return read_label_map(meta["mask"]) > 0
     from PIL import Image
 
     with Image.open(meta["mask"]) as im:
         gt = np.asarray(im.convert("L"))
     return gt > 0 if meta.get("kind") == "multiclass" else gt >= 128
+
+
+def read_gt_labels(meta: dict) -> np.ndarray:
+    """What a pack keeps of a slice's original ground truth: the label map (uint8) for
+    :data:`TYPES_KIND` slices, the infection mask (bool) for the others."""
+    if meta.get("kind") != TYPES_KIND:
+        return read_gt_original(meta)
+    if meta.get("gt_array") is not None:
+        return np.asarray(meta["gt_array"]).astype(np.uint8)
+    return read_label_map(meta["mask"])
+
+
+def read_label_map(path, n_labels: int = 2) -> np.ndarray:
+    """(H, W) uint8 labels 0..n_labels of a label-map PNG: a palette image's indices (the
+    palette's colours are not the labels) or a grey image's values; anything else is refused."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("P", "L"):
+            raise ValueError("label map %s has mode %s, expected a palette or grey PNG" % (path, im.mode))
+        labels = np.asarray(im).astype(np.uint8)
+    if int(labels.max(initial=0)) > n_labels:
+        raise ValueError("label map %s has label %d; expected 0..%d"
+                         % (path, int(labels.max()), n_labels))
+    return labels
 
 
