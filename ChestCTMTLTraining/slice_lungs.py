@@ -9,19 +9,19 @@ a lung window with grey lungs, lung-cropped) and HU volumes already brought to t
 2. Otsu's threshold of the filtered slice splits dark (air, lung) from bright (tissue, bone);
    when the bright class is under 15 % of the slice it is bone alone (IQ-OTH's soft-tissue
    window, where lungs and air are black and tissue dim), and Otsu's threshold of the dark
-   class is taken instead;
-   the bright class is closed with a 2-px disk so the speckled, thin chest wall of IQ-OTH
-   slices separates lungs from the air outside;
-3. dark components lining three sides of the image, both its left and right sides, or a fifth
-   of its border, are the air around the patient (a lung of a lung-cropped slice reaches one or two sides for a short
-   stretch); so are components whose 2-px ring is mostly not the body (the largest bright
-   component), and thin strips (no point 6 px from the component's edge), like the gap
-   between the edges of the table; components under 1 % of the
-   slice are trachea, bowel gas, noise; of the rest, those >= 15 % of the largest are lungs
-   (two, or one when they touch). In a soft-tissue window (IQ-OTH) fat is black like the
-   lungs, which then leak out through the chest wall: when nothing is found there, only dark
-   pixels inside the rib cage count (the convex hull of the bones, dilated 6 px to join them
-   into one cage, then eroded 8 px);
+   class is taken instead; the bright class is closed with a 2-px disk so a thin chest wall
+   still separates the lungs from the air outside;
+3. dark components lining three sides of the image, both its left and right sides, one of
+   its corners, or a fifth of its border, are the air around the patient (a lung of a
+   lung-cropped slice reaches one or two sides for a short stretch, not the corner); so are
+   components whose 2-px ring is mostly not the body (the largest bright component), and
+   thin strips (no point 6 px from the component's edge) like the gap between the edges of
+   the table; components under 1 % of the slice are trachea, bowel gas, noise; of the rest,
+   those >= 15 % of the largest are lungs (two, or one when they touch). In a soft-tissue
+   window fat is black like the lungs, which then leak out through the chest wall: when
+   nothing is found there, the dark class is opened with a disk of 3 (else 5) px, which cuts
+   the thin dark channels through the wall, and the lungs found in it are grown back by the
+   same radius inside the dark class;
 4. holes filled (vessels and nodules inside a lung belong to it).
 
 The same threshold gives the two intensity levels a pasted nodule is mapped to: the median of
@@ -43,8 +43,7 @@ CLOSE_RADIUS = 2
 OUTSIDE_BORDER_FRACTION = 0.2
 BODY_RING_FRACTION = 0.5
 MIN_HALF_WIDTH_PX = 6
-CAGE_GAP_PX = 6
-CAGE_MARGIN_PX = 2
+OPEN_RADII = (3, 5)
 
 
 @dataclass
@@ -109,10 +108,9 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(sizes))
 
 
-def convex_hull(mask: np.ndarray) -> np.ndarray:
-    from skimage.morphology import convex_hull_image
-
-    return convex_hull_image(mask) if mask.any() else mask
+def disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    return yy * yy + xx * xx <= radius * radius
 
 
 def lung_components(dark: np.ndarray, bright: np.ndarray) -> np.ndarray:
@@ -158,18 +156,19 @@ def slice_lungs(image: np.ndarray) -> SliceLungs:
     if (smooth >= thr).mean() < BONE_ONLY_FRACTION:  # a soft-tissue window: bone vs the rest
         bone = smooth >= thr
         thr = otsu_threshold(smooth[smooth < thr])
-    yy, xx = np.mgrid[-CLOSE_RADIUS:CLOSE_RADIUS + 1, -CLOSE_RADIUS:CLOSE_RADIUS + 1]
-    disk = yy * yy + xx * xx <= CLOSE_RADIUS * CLOSE_RADIUS
-    bright = ndimage.binary_closing(np.pad(smooth >= thr, CLOSE_RADIUS, mode="edge"), disk)
+    bright = ndimage.binary_closing(np.pad(smooth >= thr, CLOSE_RADIUS, mode="edge"), disk(CLOSE_RADIUS))
     bright = bright[CLOSE_RADIUS:-CLOSE_RADIUS, CLOSE_RADIUS:-CLOSE_RADIUS]
     dark = ~bright
     mask = lung_components(dark, bright)
     if not mask.any() and bone is not None:
         # fat is black in this window too, so the lungs leak out through the chest wall:
-        # keep the dark pixels inside the rib cage (the bones' convex hull, eroded)
-        cage = ndimage.binary_erosion(convex_hull(largest_component(ndimage.binary_dilation(
-            bone, iterations=CAGE_GAP_PX))), iterations=CAGE_GAP_PX + CAGE_MARGIN_PX)
-        mask = lung_components(dark & cage, bright | ~cage)
+        # cut the thin dark channels (an opening), find the lungs, grow them back into the dark
+        for r in OPEN_RADII:
+            cut = ndimage.binary_opening(dark, disk(r))
+            mask = lung_components(cut, ~cut)
+            if mask.any():
+                mask = ndimage.binary_fill_holes(ndimage.binary_dilation(mask, disk(r)) & dark)
+                break
     tissue = float(np.median(smooth[bright])) if bright.any() else 1.0
     lung = float(np.median(smooth[mask & dark])) if (mask & dark).any() else 0.0
     resid = (x - smooth)[bright & ndimage.binary_erosion(bright, iterations=2)]

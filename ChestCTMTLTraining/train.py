@@ -469,7 +469,7 @@ def make_card(cfg: dict, sets, summary: dict) -> dict:
     ex = cfg.get("export") or {}
     backbone = cfg["model"].get("backbone", "fast")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d")
-    return {
+    card = {
         "id": ex.get("id") or "chestctmtl-%s-%s" % (backbone, stamp),
         "version": ex.get("version") or __version__,
         "description": ex.get("description", ""),
@@ -494,3 +494,7 @@ def make_card(cfg: dict, sets, summary: dict) -> dict:
         "metrics": ex.get("metrics", {}),
         "limits": ex.get("limits", []),
     }
+    generated = {k: cfg[k] for k in ("copy_paste", "hard_negatives") if (cfg.get(k) or {}).get("enabled")}
+    if generated:  # copy-paste / hard-negative recipe (absent from recipes without them)
+        card["generated_samples"] = generated
+    return card

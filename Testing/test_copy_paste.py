@@ -347,3 +347,23 @@ def test_real_pastes_stay_in_the_lungs_with_matching_boxes(real_sets, host):
             boxes = boxes_from_mask(d["masks"][NOD])
             assert sorted(boxes) == sorted(p.box for p in d["pastes"] if p.mask.sum() >= 6)
     assert n >= 8
+
+
+def test_slice_lungs_in_a_soft_tissue_window_where_fat_joins_lungs_to_the_air_outside():
+    """IQ-OTH-like: lungs, fat and air black; speckled dim tissue; bright bones. A black fat
+    channel links each lung to the outside air, which the opening must cut."""
+    from ChestCTMTLTraining.slice_lungs import slice_lungs
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((S, S), np.float32)
+    body = ellipse(img.shape, 0.5 * S, 0.5 * S, 0.36 * S, 0.46 * S)
+    img[body] = np.where(rng.random(body.sum()) < 0.6, 0.35, 0.0)  # speckled soft tissue
+    img[body & ~ellipse(img.shape, 0.5 * S, 0.5 * S, 0.33 * S, 0.43 * S)] = 0.95  # ribs as a ring
+    lungs = ellipse(img.shape, 0.48 * S, 0.29 * S, 0.24 * S, 0.15 * S) | \
+        ellipse(img.shape, 0.48 * S, 0.71 * S, 0.24 * S, 0.15 * S)
+    img[lungs] = 0.0
+    for c in (int(0.25 * S), int(0.75 * S)):  # fat channels through the wall, 4 px wide
+        img[:int(0.3 * S), c - 2:c + 2] = 0.0
+    got = slice_lungs(img)
+    assert (got.mask & lungs).sum() / (got.mask | lungs).sum() > 0.85
+    assert not got.mask[:int(0.12 * S)].any()  # the air above the patient stays out
