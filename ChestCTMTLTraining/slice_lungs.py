@@ -19,9 +19,9 @@ a lung window with grey lungs, lung-cropped) and HU volumes already brought to t
    the table; components under 1 % of the slice are trachea, bowel gas, noise; of the rest,
    those >= 15 % of the largest are lungs (two, or one when they touch). In a soft-tissue
    window fat is black like the lungs, which then leak out through the chest wall: when
-   nothing is found there, the dark class is opened with a disk of 3 (else 5) px, which cuts
-   the thin dark channels through the wall, and the lungs found in it are grown back by the
-   same radius inside the dark class;
+   nothing is found there, the dark class is opened with a disk of 3 and of 5 px, which cuts
+   the thin dark channels through the wall, and the lungs found in either are grown back by
+   the same radius inside the dark class;
 4. holes filled (vessels and nodules inside a lung belong to it).
 
 The same threshold gives the two intensity levels a pasted nodule is mapped to: the median of
@@ -163,12 +163,10 @@ def slice_lungs(image: np.ndarray) -> SliceLungs:
     if not mask.any() and bone is not None:
         # fat is black in this window too, so the lungs leak out through the chest wall:
         # cut the thin dark channels (an opening), find the lungs, grow them back into the dark
-        for r in OPEN_RADII:
+        for r in OPEN_RADII:  # a lung cut free at either radius counts
             cut = ndimage.binary_opening(dark, disk(r))
-            mask = lung_components(cut, ~cut)
-            if mask.any():
-                mask = ndimage.binary_fill_holes(ndimage.binary_dilation(mask, disk(r)) & dark)
-                break
+            found = lung_components(cut, ~cut)
+            mask |= ndimage.binary_fill_holes(ndimage.binary_dilation(found, disk(r)) & dark)
     tissue = float(np.median(smooth[bright])) if bright.any() else 1.0
     lung = float(np.median(smooth[mask & dark])) if (mask & dark).any() else 0.0
     resid = (x - smooth)[bright & ndimage.binary_erosion(bright, iterations=2)]

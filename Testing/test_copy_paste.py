@@ -362,8 +362,8 @@ def test_slice_lungs_in_a_soft_tissue_window_where_fat_joins_lungs_to_the_air_ou
     lungs = ellipse(img.shape, 0.48 * S, 0.29 * S, 0.24 * S, 0.15 * S) | \
         ellipse(img.shape, 0.48 * S, 0.71 * S, 0.24 * S, 0.15 * S)
     img[lungs] = 0.0
-    for c in (int(0.25 * S), int(0.75 * S)):  # fat channels through the wall, 4 px wide
-        img[:int(0.3 * S), c - 2:c + 2] = 0.0
+    for c in (int(0.25 * S), int(0.75 * S)):  # fat channels through the wall, 8 px wide
+        img[:int(0.3 * S), c - 4:c + 4] = 0.0
     got = slice_lungs(img)
     assert (got.mask & lungs).sum() / (got.mask | lungs).sum() > 0.85
     assert not got.mask[:int(0.12 * S)].any()  # the air above the patient stays out
