@@ -7,7 +7,7 @@ a lung window with grey lungs, lung-cropped) and HU volumes already brought to t
 
 1. a Gaussian filter (sigma 1.5 px): IQ-OTH's soft tissue is speckled with black pixels;
 2. Otsu's threshold of the filtered slice splits dark (air, lung) from bright (tissue, bone);
-   when the bright class is under 15 % of the slice it is bone alone (IQ-OTH's soft-tissue
+   when the bright class is under 20 % of the slice it is bone alone (IQ-OTH's soft-tissue
    window, where lungs and air are black and tissue dim), and Otsu's threshold of the dark
    class is taken instead; the bright class is closed with a 2-px disk so a thin chest wall
    still separates the lungs from the air outside;
@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 SMOOTH_SIGMA = 1.5
-BONE_ONLY_FRACTION = 0.15
+BONE_ONLY_FRACTION = 0.2
 MIN_COMPONENT_FRACTION = 0.01
 KEEP_RELATIVE = 0.15
 CLOSE_RADIUS = 2
