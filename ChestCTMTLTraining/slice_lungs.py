@@ -165,7 +165,7 @@ def slice_lungs(image: np.ndarray) -> SliceLungs:
         # cut the thin dark channels (an opening), find the lungs, grow them back into the dark
         for r in OPEN_RADII:  # a lung cut free at either radius counts
             cut = ndimage.binary_opening(dark, disk(r))
-            found = lung_components(cut, ~cut)
+            found = lung_components(cut, bright)
             mask |= ndimage.binary_fill_holes(ndimage.binary_dilation(found, disk(r)) & dark)
     tissue = float(np.median(smooth[bright])) if bright.any() else 1.0
     lung = float(np.median(smooth[mask & dark])) if (mask & dark).any() else 0.0
