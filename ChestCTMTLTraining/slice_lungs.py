@@ -18,10 +18,10 @@ a lung window with grey lungs, lung-cropped) and HU volumes already brought to t
    thin strips (no point 6 px from the component's edge) like the gap between the edges of
    the table; components under 1 % of the slice are trachea, bowel gas, noise; of the rest,
    those >= 15 % of the largest are lungs (two, or one when they touch). In a soft-tissue
-   window fat is black like the lungs, which then leak out through the chest wall: when
-   nothing is found there, the dark class is opened with a disk of 3 and of 5 px, which cuts
-   the thin dark channels through the wall, and the lungs found in either are grown back by
-   the same radius inside the dark class;
+   window fat is black like the lungs, which then run into the fat layers of the chest wall
+   and out through them: there the dark class is first opened with a disk of 3 and of 5 px,
+   which removes thin dark layers and channels, and the lungs found in either are grown back
+   by the same radius inside the dark class;
 4. holes filled (vessels and nodules inside a lung belong to it).
 
 The same threshold gives the two intensity levels a pasted nodule is mapped to: the median of
@@ -159,10 +159,13 @@ def slice_lungs(image: np.ndarray) -> SliceLungs:
     bright = ndimage.binary_closing(np.pad(smooth >= thr, CLOSE_RADIUS, mode="edge"), disk(CLOSE_RADIUS))
     bright = bright[CLOSE_RADIUS:-CLOSE_RADIUS, CLOSE_RADIUS:-CLOSE_RADIUS]
     dark = ~bright
-    mask = lung_components(dark, bright)
-    if not mask.any() and bone is not None:
-        # fat is black in this window too, so the lungs leak out through the chest wall:
-        # cut the thin dark channels (an opening), find the lungs, grow them back into the dark
+    if bone is None:
+        mask = lung_components(dark, bright)
+    else:
+        # fat is black in this window too, so the lungs run into the chest wall's fat layers
+        # and out through them: cut thin dark layers and channels (an opening), find the
+        # lungs, grow them back into the dark
+        mask = np.zeros(dark.shape, bool)
         for r in OPEN_RADII:  # a lung cut free at either radius counts
             cut = ndimage.binary_opening(dark, disk(r))
             found = lung_components(cut, bright)
