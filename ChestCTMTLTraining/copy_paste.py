@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from ChestCTMTLLib.representation import hu_to_unit
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES
 
-from .slice_lungs import SliceLungs, slice_lungs
+from .slice_lungs import SliceLungs, largest_component, slice_lungs
 from .sources.base import SampleSet
 
 LUNG_HU = -850.0
@@ -187,6 +187,7 @@ def paste_nodule(image: np.ndarray, allowed: np.ndarray, lungs: SliceLungs, patc
     """
     n = max(2, int(round(patch.shape[-1] * factor)))
     m = resize(patch_mask.astype(np.float32) / (255.0 if patch_mask.max() > 1 else 1.0), n) >= 0.5
+    m = largest_component(m)  # one nodule, one box (a shrunk lobulated mask may fall apart)
     if m.sum() < min_mask_px:
         return None
     rows, cols = np.nonzero(m)
