@@ -63,16 +63,22 @@ class HostSpec:
     source: str
     mm_per_pixel: Optional[float] = None  # model-grid pixel size for sources without spacing
     nodule_free: bool = False  # no nodule masks, but slices assumed nodule-free (SARS non-COVID)
+    soft_tissue_window: bool = False  # lungs and fat both black (IQ-OTH): see slice_lungs
+    weight: float = 1.0  # hosts are drawn by source in proportion to it, then uniformly
 
     @classmethod
     def from_dict(cls, d) -> "HostSpec":
         if isinstance(d, str):
             return cls(d)
-        unknown = set(d) - {"source", "mm_per_pixel", "nodule_free"}
+        unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown or "source" not in d:
             raise ValueError("copy_paste host %s: needs source; unknown keys %s" % (d, sorted(unknown)))
         mm = d.get("mm_per_pixel")
-        return cls(str(d["source"]), None if mm is None else float(mm), bool(d.get("nodule_free", False)))
+        out = cls(str(d["source"]), None if mm is None else float(mm), bool(d.get("nodule_free", False)),
+                  bool(d.get("soft_tissue_window", False)), float(d.get("weight", 1.0)))
+        if out.weight <= 0:
+            raise ValueError("copy_paste host %s: weight must be > 0" % out.source)
+        return out
 
 
 @dataclass
@@ -271,13 +277,17 @@ class CopyPaste:
                 self.hosts.append((s, i, spec))
         if not self.hosts:
             raise ValueError("copy_paste: no normal host slice in %s" % [h.source for h in cfg.hosts])
+        # by source first (SARS-CoV-2 alone has ~1,000 normal slices, LIDC-0001 ~100), then uniformly
+        self.by_source = [np.array([k for k, h in enumerate(self.hosts) if h[2] is spec], int) for spec in cfg.hosts]
+        w = np.array([spec.weight if len(b) else 0.0 for spec, b in zip(cfg.hosts, self.by_source)])
+        self.source_p = w / w.sum()
         self._lungs: Dict[Tuple[str, int], tuple] = {}
 
-    def lungs_of(self, s: SampleSet, i: int) -> SliceLungs:
+    def lungs_of(self, s: SampleSet, i: int, spec: HostSpec) -> SliceLungs:
         """The host's lungs, computed once (masks kept bit-packed: thousands of hosts per worker)."""
         key = (s.name, i)
         if key not in self._lungs:
-            lungs = slice_lungs(s.images[i].astype(np.float32))
+            lungs = slice_lungs(s.images[i].astype(np.float32), spec.soft_tissue_window)
             levels = (lungs.lung_level, lungs.tissue_level, lungs.threshold, lungs.noise)
             self._lungs[key] = (levels, np.packbits(lungs.mask), np.packbits(lungs.parenchyma))
         levels, m, p = self._lungs[key]
@@ -298,8 +308,9 @@ class CopyPaste:
     def draw(self, rng: np.random.Generator, tries: int = 8) -> dict:
         """One pasted host: image (S,S), masks (T,S,S) in [0,1], cls -1, present, weight, pastes."""
         for _ in range(tries):
-            s, i, spec = self.hosts[int(rng.integers(len(self.hosts)))]
-            lungs = self.lungs_of(s, i)
+            pool = self.by_source[int(rng.choice(len(self.by_source), p=self.source_p))]
+            s, i, spec = self.hosts[int(pool[int(rng.integers(len(pool)))])]
+            lungs = self.lungs_of(s, i, spec)
             if lungs.found:
                 break
         image = s.images[i].astype(np.float32).copy()

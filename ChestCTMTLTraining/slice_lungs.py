@@ -9,8 +9,9 @@ a lung window with grey lungs, lung-cropped) and HU volumes already brought to t
 2. Otsu's threshold of the filtered slice splits dark (air, lung) from bright (tissue, bone);
    when the bright class is under 20 % of the slice it is bone alone (IQ-OTH's soft-tissue
    window, where lungs and air are black and tissue dim), and Otsu's threshold of the dark
-   class is taken instead; the bright class is closed with a 2-px disk so a thin chest wall
-   still separates the lungs from the air outside;
+   class is taken instead (a source known to be in such a window, ``soft_tissue_window``,
+   takes the soft-tissue rules below on every slice); the bright class is closed with a 2-px
+   disk so a thin chest wall still separates the lungs from the air outside;
 3. dark components lining three sides of the image, both its left and right sides, one of
    its corners, or a fifth of its border, are the air around the patient (a lung of a
    lung-cropped slice reaches one or two sides for a short stretch, not the corner); so are
@@ -143,8 +144,12 @@ def lung_components(dark: np.ndarray, bright: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(keep[lab])
 
 
-def slice_lungs(image: np.ndarray) -> SliceLungs:
-    """Lung mask and levels of a (S, S) unit slice (rule in the module docstring)."""
+def slice_lungs(image: np.ndarray, soft_tissue_window: bool = False) -> SliceLungs:
+    """Lung mask and levels of a (S, S) unit slice (rule in the module docstring).
+
+    ``soft_tissue_window``: the source is known to show lungs and fat alike black (IQ-OTH);
+    its slices then always take the soft-tissue rules, also where their bright class is large.
+    """
     from scipy import ndimage
 
     x = np.asarray(image, np.float32)
@@ -152,14 +157,14 @@ def slice_lungs(image: np.ndarray) -> SliceLungs:
         raise ValueError("slice_lungs needs a 2D slice, got shape %s" % (x.shape,))
     smooth = ndimage.gaussian_filter(x, SMOOTH_SIGMA, mode="nearest")
     thr = otsu_threshold(smooth)
-    bone = None
+    soft = bool(soft_tissue_window)
     if (smooth >= thr).mean() < BONE_ONLY_FRACTION:  # a soft-tissue window: bone vs the rest
-        bone = smooth >= thr
+        soft = True
         thr = otsu_threshold(smooth[smooth < thr])
     bright = ndimage.binary_closing(np.pad(smooth >= thr, CLOSE_RADIUS, mode="edge"), disk(CLOSE_RADIUS))
     bright = bright[CLOSE_RADIUS:-CLOSE_RADIUS, CLOSE_RADIUS:-CLOSE_RADIUS]
     dark = ~bright
-    if bone is None:
+    if not soft:
         mask = lung_components(dark, bright)
     else:
         # fat is black in this window too, so the lungs run into the chest wall's fat layers

@@ -206,6 +206,17 @@ def test_draw_is_deterministic_and_class_free():
     assert not np.array_equal(a["image"], c["image"])
 
 
+def test_hosts_are_drawn_by_source_weight_not_by_slice_count():
+    from ChestCTMTLTraining.copy_paste import CopyPaste
+
+    few, many = host_set(1, name="few"), host_set(9, name="many")
+    cp = CopyPaste(cp_config(hosts=[{"source": "few", "weight": 1.0}, {"source": "many", "weight": 3.0}]),
+                   [few, many, donor_set()], HU)
+    rng = np.random.default_rng(0)
+    drawn = [cp.draw(rng)["host"][0] for _ in range(200)]
+    assert 0.15 < drawn.count("few") / 200 < 0.35  # 1 / (1 + 3), not 1 / 10
+
+
 # --------------------------------------------------------------------------- in the batches
 
 def mixed_sampler(extras=()):
