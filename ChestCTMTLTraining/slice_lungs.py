@@ -23,7 +23,8 @@ a lung window with grey lungs, lung-cropped) and HU volumes already brought to t
    and out through them: there the dark class is first opened with a disk of 3 and of 5 px,
    which removes thin dark layers and channels, and the lungs found in either are grown back
    by the same radius inside the dark class;
-4. holes filled (vessels and nodules inside a lung belong to it).
+4. holes under 2 % of the slice filled (vessels and nodules inside a lung belong to it; the
+   heart that two joined lungs enclose does not).
 
 The same threshold gives the two intensity levels a pasted nodule is mapped to: the median of
 the filtered slice inside the lungs (parenchyma) and the median of the bright class (soft
@@ -45,6 +46,7 @@ OUTSIDE_BORDER_FRACTION = 0.2
 BODY_RING_FRACTION = 0.5
 MIN_HALF_WIDTH_PX = 6
 OPEN_RADII = (3, 5)
+MAX_HOLE_FRACTION = 0.02
 
 
 @dataclass
@@ -114,6 +116,21 @@ def disk(radius: int) -> np.ndarray:
     return yy * yy + xx * xx <= radius * radius
 
 
+def fill_small_holes(mask: np.ndarray) -> np.ndarray:
+    """Holes under ``MAX_HOLE_FRACTION`` of the slice filled: vessels and nodules, not the heart
+    or mediastinum that two lungs joined in front and behind enclose."""
+    from scipy import ndimage
+
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    lab, n = ndimage.label(holes)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    small = sizes < MAX_HOLE_FRACTION * mask.size
+    small[0] = False
+    return mask | small[lab]
+
+
 def lung_components(dark: np.ndarray, bright: np.ndarray) -> np.ndarray:
     """Dark components that are lungs (step 3 of the module docstring), holes filled."""
     from scipy import ndimage
@@ -141,7 +158,7 @@ def lung_components(dark: np.ndarray, bright: np.ndarray) -> np.ndarray:
         biggest = max(sizes[i] for i in cands)
         for i in cands:
             keep[i] = sizes[i] >= KEEP_RELATIVE * biggest
-    return ndimage.binary_fill_holes(keep[lab])
+    return fill_small_holes(keep[lab])
 
 
 def slice_lungs(image: np.ndarray, soft_tissue_window: bool = False) -> SliceLungs:
@@ -174,7 +191,7 @@ def slice_lungs(image: np.ndarray, soft_tissue_window: bool = False) -> SliceLun
         for r in OPEN_RADII:  # a lung cut free at either radius counts
             cut = ndimage.binary_opening(dark, disk(r))
             found = lung_components(cut, bright)
-            mask |= ndimage.binary_fill_holes(ndimage.binary_dilation(found, disk(r)) & dark)
+            mask |= fill_small_holes(ndimage.binary_dilation(found, disk(r)) & dark)
     tissue = float(np.median(smooth[bright])) if bright.any() else 1.0
     lung = float(np.median(smooth[mask & dark])) if (mask & dark).any() else 0.0
     resid = (x - smooth)[bright & ndimage.binary_erosion(bright, iterations=2)]

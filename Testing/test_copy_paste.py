@@ -378,3 +378,18 @@ def test_slice_lungs_in_a_soft_tissue_window_where_fat_joins_lungs_to_the_air_ou
     got = slice_lungs(img)
     assert (got.mask & lungs).sum() / (got.mask | lungs).sum() > 0.85
     assert not got.mask[:int(0.12 * S)].any()  # the air above the patient stays out
+
+
+def test_slice_lungs_joined_around_the_heart_do_not_swallow_it():
+    from ChestCTMTLTraining.slice_lungs import slice_lungs
+
+    img, lungs = phantom()
+    bridge = np.zeros_like(lungs)
+    bridge[int(0.24 * S):int(0.28 * S), int(0.3 * S):int(0.7 * S)] = True  # anterior junction
+    bridge[int(0.64 * S):int(0.68 * S), int(0.3 * S):int(0.7 * S)] = True  # posterior junction
+    img[bridge] = 0.12
+    heart = np.zeros_like(lungs)
+    heart[int(0.32 * S):int(0.6 * S), int(0.47 * S):int(0.53 * S)] = True
+    assert not (heart & (lungs | bridge)).any()
+    got = slice_lungs(img).mask
+    assert got[bridge].mean() > 0.9 and not got[heart].any()
