@@ -217,6 +217,18 @@ def test_hosts_are_drawn_by_source_weight_not_by_slice_count():
     assert 0.15 < drawn.count("few") / 200 < 0.35  # 1 / (1 + 3), not 1 / 10
 
 
+def test_configs_switch_generators_on_only_in_v3_and_refuse_unknown_keys():
+    from ChestCTMTLTraining.config import load_config
+
+    v3, default = load_config("v3_sources"), load_config("default")
+    assert v3["copy_paste"]["enabled"] and v3["hard_negatives"]["enabled"]
+    assert "copy_paste" not in default and "hard_negatives" not in default
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config("v3_sources", {"copy_paste": {"hostz": []}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config("v3_sources", {"hard_negatives": {"share": 0.2}})
+
+
 # --------------------------------------------------------------------------- in the batches
 
 def mixed_sampler(extras=()):
