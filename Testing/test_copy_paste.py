@@ -313,6 +313,20 @@ def test_hard_negative_bases_are_the_lowest_slices_and_crops_hold_the_focus():
         assert 0 <= r < S and 0 <= c < S
 
 
+def test_focus_follows_the_augmentation_into_the_crop():
+    from ChestCTMTLTraining.batching import augment, focus_crop, focus_map
+
+    img = torch.zeros(1, S, S)
+    img[0, 20, 100] = 1.0  # a marker at the focus
+    fmap = focus_map((20, 100), S)[None]
+    rng = np.random.default_rng(0)
+    aug = {"enabled": True, "flip_lr": 1.0, "rot90": 0.0, "affine_p": 0.0, "intensity_p": 0.0,
+           "resample_p": 0.0, "noise_p": 0.0}
+    out, both = augment(img, torch.cat([torch.zeros(T, S, S), fmap]), rng, aug)
+    crop, _m = focus_crop(out, both[:-1], both[-1], 32, rng)
+    assert float(crop.max()) == 1.0  # the flipped marker is inside the 32-px window
+
+
 # --------------------------------------------------------------------------- the real data
 
 @pytest.fixture(scope="module")
@@ -405,3 +419,18 @@ def test_slice_lungs_joined_around_the_heart_do_not_swallow_it():
     assert not (heart & (lungs | bridge)).any()
     got = slice_lungs(img).mask
     assert got[bridge].mean() > 0.9 and not got[heart].any()
+
+
+def test_real_hard_negatives_are_normal_and_follow_their_rules(real_sets):
+    from ChestCTMTLTraining.hard_negatives import HardNegativeConfig, HardNegatives
+
+    _cfg, train, _v = real_sets
+    hn = HardNegatives(HardNegativeConfig.from_dict({"enabled": True, "sources": ["covid-ct-md"]}), train, HU)
+    assert hn.rules == ["vessel", "mediastinum", "base"]
+    scans = {s.meta[i]["scan"] for r in hn.rules for s, i, _p in hn.pool[r]}
+    assert scans == {"normal_normal001"}  # the COVID-19 scan's slices are never negatives
+    ks = sorted(s.meta[i]["array_k"] for s, i, _p in hn.pool["vessel"])
+    base = [s.meta[i]["array_k"] for s, i, _p in hn.pool["base"]]
+    assert max(base) <= np.percentile(ks, 20)  # the feet end of the lungs (LPS arrays)
+    for s, i, pts in hn.pool["vessel"][::20]:
+        assert (s.images[i][pts[:, 0], pts[:, 1]].astype(np.float32) >= (1000 - 500) / 1200 - 1e-3).all()
