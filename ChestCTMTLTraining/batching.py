@@ -4,6 +4,8 @@ Every random choice of step ``s`` on rank ``r`` comes from ``np.random.default_r
 so a run is reproducible and ``--resume`` continues with exactly the batches it would have seen.
 Lesion boxes are derived from connected components of the (augmented) lesion masks, so
 detection needs no separate box annotations and boxes always match the augmented image.
+Generated samples (``extras``: :mod:`.copy_paste`, :mod:`.hard_negatives`) are drawn like one
+more source each, with their own share of the draws; without them the draws are unchanged.
 """
 from __future__ import annotations
 
@@ -124,12 +126,19 @@ class MixedSampler:
 
     def __init__(self, sets: Sequence[SampleSet], weights: Sequence[float], input_size: int,
                  n_classes: int, aug: dict, seed: int = 0, rank: int = 0, stride: int = 4,
-                 class_balance: bool = True):
+                 class_balance: bool = True, extras: Sequence = ()):
         if not sets:
             raise ValueError("no training samples: every source is empty for this split")
         self.sets = list(sets)
         w = np.asarray(weights, np.float64)
         self.p = w / w.sum()
+        # generated samples (copy-paste, hard negatives): each takes its share ``p`` of all draws
+        self.extras = list(extras)
+        if self.extras:
+            share = sum(float(e.p) for e in self.extras)
+            if not 0 <= share < 1:
+                raise ValueError("generated samples take %.3g of all draws; must be < 1" % share)
+            self.p = np.concatenate([self.p * (1.0 - share), [float(e.p) for e in self.extras]])
         self.size = input_size
         self.aug = aug
         self.seed = seed
@@ -151,21 +160,33 @@ class MixedSampler:
 
     def sample(self, rng, augment_on: bool = True, crop_size: Optional[int] = None,
                lesion_crop_p: float = 0.5) -> dict:
-        si = int(rng.choice(len(self.sets), p=self.p))
-        s = self.sets[si]
-        if s.kind == "patch":
+        si = int(rng.choice(len(self.p), p=self.p))
+        focus = None
+        if si >= len(self.sets):
+            d = self.extras[si - len(self.sets)].draw(rng)
+            image, masks = torch.from_numpy(d["image"])[None], torch.from_numpy(d["masks"])
+            cls, present, weight, focus = d["cls"], d["present"], d["weight"], d.get("focus")
+            if focus is not None:  # a channel that follows the augmentation's geometry
+                masks = torch.cat([masks, focus_map(focus, image.shape[-1])[None]], 0)
+        elif self.sets[si].kind == "patch":
+            s = self.sets[si]
             idx = rng.integers(len(s), size=9)
             img, msk = mosaic(s.images[idx], s.masks[idx], self.size)
             image, masks = torch.from_numpy(img)[None], torch.from_numpy(msk)
             cls, present, weight = -1, s.mask_present[idx].all(axis=0), float(s.seg_weight[idx].mean())
         else:
+            s = self.sets[si]
             i = self._pick(rng, si)
             image = torch.from_numpy(s.images[i].astype(np.float32))[None]
             masks = torch.from_numpy(s.masks[i].astype(np.float32) / 255.0)
             cls, present, weight = int(s.classes[i]), s.mask_present[i], float(s.seg_weight[i])
         if augment_on:
             image, masks = augment(image, masks, rng, self.aug)
-        if crop_size and crop_size < image.shape[-1]:
+        if focus is not None:
+            masks, fmap = masks[:-1], masks[-1]
+            if crop_size and crop_size < image.shape[-1]:
+                image, masks = focus_crop(image, masks, fmap, int(crop_size), rng)
+        elif crop_size and crop_size < image.shape[-1]:
             image, masks = random_crop(image, masks, int(crop_size), rng, lesion_crop_p)
         return make_item(image, masks, cls, present, weight, self.stride)
 
@@ -193,6 +214,24 @@ def random_crop(image: torch.Tensor, masks: torch.Tensor, size: int, rng, lesion
     else:
         r0 = int(rng.integers(0, s - size + 1))
         c0 = int(rng.integers(0, s - size + 1))
+    return image[..., r0:r0 + size, c0:c0 + size], masks[..., r0:r0 + size, c0:c0 + size]
+
+
+def focus_map(focus, size: int, sigma: float = 2.0) -> torch.Tensor:
+    """A small Gaussian blob at ``focus`` (row, col): where a hard-negative crop is centred."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    g = np.exp(-((yy - focus[0]) ** 2 + (xx - focus[1]) ** 2) / (2 * sigma * sigma))
+    return torch.from_numpy(g.astype(np.float32))
+
+
+def focus_crop(image: torch.Tensor, masks: torch.Tensor, fmap: torch.Tensor, size: int, rng):
+    """A ``size`` window centred on the (augmented) focus blob's peak; random if it left the image."""
+    s = image.shape[-1]
+    if float(fmap.max()) < 0.05:
+        return random_crop(image, masks, size, rng, 0.0)
+    cy, cx = divmod(int(torch.argmax(fmap)), fmap.shape[-1])
+    r0 = min(max(cy - size // 2, 0), s - size)
+    c0 = min(max(cx - size // 2, 0), s - size)
     return image[..., r0:r0 + size, c0:c0 + size], masks[..., r0:r0 + size, c0:c0 + size]
 
 

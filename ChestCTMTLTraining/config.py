@@ -91,6 +91,11 @@ def validate(cfg: dict) -> None:
     for s in cfg.get("sources", []):
         if "type" not in s:
             raise ValueError("every source needs a type: %s" % s)
+    from .copy_paste import CopyPasteConfig
+    from .hard_negatives import HardNegativeConfig
+
+    CopyPasteConfig.from_dict(cfg.get("copy_paste"))  # unknown keys and bad ranges fail at load
+    HardNegativeConfig.from_dict(cfg.get("hard_negatives"))
 
 
 def stages_of(cfg: dict):

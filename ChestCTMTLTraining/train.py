@@ -32,6 +32,7 @@ from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES
 
 from .batching import MixedSampler
 from .config import model_tasks, representation_of, resolve_root, stage_plan  # noqa: F401 (re-exported)
+from .copy_paste import generated_sources
 from .loading import load_split
 from .losses import MultiTaskLoss
 
@@ -133,7 +134,8 @@ def build_sampler(cfg: dict, rep: Representation, rank: int, lesion_types=LESION
         weights.append(float(spec.get("weight", 1.0)))
     sampler = MixedSampler(sets, weights, rep.input_size, len(CLASS_NAMES), cfg["augmentation"],
                            seed=int(cfg["seed"]), rank=rank,
-                           class_balance=bool(cfg["train"].get("class_balance", True)))
+                           class_balance=bool(cfg["train"].get("class_balance", True)),
+                           extras=generated_sources(cfg, sets, rep.hu_window, lesion_types))
     return sampler, sets
 
 
@@ -467,7 +469,7 @@ def make_card(cfg: dict, sets, summary: dict) -> dict:
     ex = cfg.get("export") or {}
     backbone = cfg["model"].get("backbone", "fast")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d")
-    return {
+    card = {
         "id": ex.get("id") or "chestctmtl-%s-%s" % (backbone, stamp),
         "version": ex.get("version") or __version__,
         "description": ex.get("description", ""),
@@ -492,3 +494,7 @@ def make_card(cfg: dict, sets, summary: dict) -> dict:
         "metrics": ex.get("metrics", {}),
         "limits": ex.get("limits", []),
     }
+    generated = {k: cfg[k] for k in ("copy_paste", "hard_negatives") if (cfg.get(k) or {}).get("enabled")}
+    if generated:  # copy-paste / hard-negative recipe (absent from recipes without them)
+        card["generated_samples"] = generated
+    return card
