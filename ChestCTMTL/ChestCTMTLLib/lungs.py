@@ -63,9 +63,7 @@ class LungMask:
         """Voxel counts and slice extents per label, computed once (labels are final by then)."""
         cached = self.__dict__.get("_cache")
         if cached is None:
-            per_slice = np.stack([np.bincount(self.labels[k].ravel(), minlength=3)[:3]
-                                  for k in range(self.labels.shape[0])]) if self.labels.size else \
-                np.zeros((0, 3), np.int64)
+            per_slice = _per_slice_label_counts(self.labels)
             cached = {"counts": per_slice.sum(axis=0) if per_slice.size else np.zeros(3, np.int64),
                       "per_slice": per_slice}
             self.__dict__["_cache"] = cached
@@ -119,6 +117,17 @@ class LungMask:
 
 
 # --------------------------------------------------------------------------- grid helpers
+def _per_slice_label_counts(labels: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """(K, 3) voxels of label 0, RIGHT, LEFT on each slice: three byte comparisons per slab,
+    several times faster than a bincount per slice (which widens every voxel to int64)."""
+    out = np.zeros((labels.shape[0], 3), np.int64)
+    for k0 in range(0, labels.shape[0], chunk):
+        part = labels[k0:k0 + chunk]
+        for value in (0, RIGHT, LEFT):
+            out[k0:k0 + len(part), value] = np.count_nonzero(part == value, axis=(1, 2))
+    return out
+
+
 def _steps(spacing: Sequence[float]) -> Tuple[int, int]:
     s_mm, r_mm, c_mm = (float(v) for v in spacing)
     step_xy = max(1, int(round(1.9 / max(min(r_mm, c_mm), 1e-3))))

@@ -358,7 +358,7 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
                 slice_probs.append(torch.softmax(out["class_logits"], dim=1).numpy())
             seg = torch.sigmoid(out["seg_logits"]) if "seg_logits" in out else None
             if seg is not None:
-                prob = geometry.to_input(seg, fill=0.0)[:, :, rr, cc]
+                prob = geometry.to_input_box(seg)  # == to_input(seg)[:, :, rr, cc]
                 q = torch.round(prob.clamp_(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
                 for ti, name in enumerate(lesion_types):
                     seg_prob[name][idx - k_lo] = q[:, ti]

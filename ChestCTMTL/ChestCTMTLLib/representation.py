@@ -198,8 +198,7 @@ class SliceGeometry:
         return F.interpolate(box, size=size, mode="bilinear", align_corners=False,
                              antialias=self.side > self.input_size)
 
-    def to_input(self, outputs, fill: float = 0.0, mode: str = "bilinear") -> torch.Tensor:
-        """Model-grid maps (N, C, S, S) -> (N, C, H, W) on the input grid; ``fill`` outside the box."""
+    def _on_box(self, outputs, mode: str):
         t = torch.as_tensor(outputs)
         squeeze = t.dim() == 2
         if t.dim() == 2:
@@ -213,6 +212,27 @@ class SliceGeometry:
                 t = F.interpolate(t, size=(s, s), mode="nearest-exact")
             else:
                 t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False)
+        return t, squeeze
+
+    def box_on_input(self) -> Tuple[slice, slice]:
+        """(rows, cols) of the input grid the square box covers (clipped to the image)."""
+        h, w = self.in_shape
+        r0, c0, s = self.row0, self.col0, self.side
+        return slice(max(r0, 0), min(r0 + s, h)), slice(max(c0, 0), min(c0 + s, w))
+
+    def to_input_box(self, outputs, mode: str = "bilinear") -> torch.Tensor:
+        """Model-grid maps (N, C, S, S) -> (N, C, rows, cols) on the part of the input grid the
+        box covers (:meth:`box_on_input`): :meth:`to_input` cropped there, without building the
+        rest of the image."""
+        t, _ = self._on_box(outputs, mode)
+        rows, cols = self.box_on_input()
+        r0, c0 = self.row0, self.col0
+        return t[..., rows.start - r0:rows.stop - r0, cols.start - c0:cols.stop - c0]
+
+    def to_input(self, outputs, fill: float = 0.0, mode: str = "bilinear") -> torch.Tensor:
+        """Model-grid maps (N, C, S, S) -> (N, C, H, W) on the input grid; ``fill`` outside the box."""
+        t, squeeze = self._on_box(outputs, mode)
+        s = self.side
         h, w = self.in_shape
         out = t.new_full(t.shape[:-2] + (h, w), float(fill))
         r0, c0 = self.row0, self.col0
