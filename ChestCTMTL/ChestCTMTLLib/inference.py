@@ -209,6 +209,26 @@ def findings_from_slice_boxes(boxes: Iterable[SliceBox], view: AxialView, volume
     return findings
 
 
+#: the lesion type the model's infection types split (model.INFECTION; no torch import here)
+INFECTION = "covid-infection"
+
+
+def _infection_types(outputs, masks) -> List[str]:
+    """The infection types to add to the lesion masks: the model's, when it has them and the
+    infection mask exists."""
+    return list(outputs.type_prob) if outputs.type_prob and INFECTION in masks else []
+
+
+def _add_types(labels: np.ndarray, masks: LesionMasks, types: List[str], infection: np.ndarray,
+               probs: List[np.ndarray]) -> None:
+    """Set each type's bit in ``labels`` (a canonical view) where the infection is that type."""
+    from .postprocess import assign_infection_types
+
+    assigned = assign_infection_types(infection, probs)
+    for index, name in enumerate(types, start=1):
+        np.bitwise_or(labels, masks.bits[name], out=labels, where=assigned == index)
+
+
 def _input_order(view, canonical: np.ndarray, shape) -> np.ndarray:
     """A canonical-grid array in input array order: the same memory when the view is the
     identity (no copy of a CT-sized array), else a C-ordered copy."""
@@ -349,10 +369,14 @@ class Analyzer:
                                  timings)
             t = time.perf_counter()
             if stage.masks:
-                masks = LesionMasks(list(stage.masks), np.zeros(shape, dtype=np.uint8))
+                types = _infection_types(outputs, stage.masks)
+                masks = LesionMasks(list(stage.masks) + types, np.zeros(shape, dtype=np.uint8))
                 inside = view.to_canonical(masks.labels)[stage.crop]
                 for tname, m in stage.masks.items():
                     np.bitwise_or(inside, masks.bits[tname], out=inside, where=m)
+                if types:  # the infection split into its types (their union is the infection)
+                    _add_types(inside, masks, types, stage.masks[INFECTION],
+                               [outputs.prob_crop(t, stage.crop) for t in types])
                 stage.masks = {}  # now in the result's one array: not kept twice
             if stage.lungs is not None:
                 lung_labels = _input_order(view, stage.lungs.labels, shape)
@@ -379,8 +403,9 @@ class Analyzer:
                                                       canon if measure else None))
         else:
             thr = int(math.ceil(opts.seg_threshold * 255.0))
+            types = _infection_types(outputs, outputs.seg_prob)
             if outputs.seg_prob:
-                masks = LesionMasks(list(outputs.seg_prob), np.zeros(shape, dtype=np.uint8))
+                masks = LesionMasks(list(outputs.seg_prob) + types, np.zeros(shape, dtype=np.uint8))
             for tname, prob in outputs.seg_prob.items():
                 mv = np.zeros(view.canonical_shape, dtype=bool)
                 mv[outputs.seg_region] = prob >= thr
@@ -390,11 +415,16 @@ class Analyzer:
                 canon_labels = view.to_canonical(masks.labels)
                 np.bitwise_or(canon_labels, masks.bits[tname], out=canon_labels, where=mv)
                 del mv
+            if types:
+                region = view.to_canonical(masks.labels)[outputs.seg_region]
+                infection = np.bitwise_and(region, masks.bits[INFECTION]) != 0
+                _add_types(region, masks, types, infection,
+                           [outputs.type_prob[t] for t in types])
             if "detection" in self.tasks:
                 findings = [f for f in findings_from_slice_boxes(outputs.boxes, view, volume,
                                                                  opts.min_finding_extent_mm)
                             if f.score >= self.score_threshold]
-        outputs.seg_prob = {}  # free the probability maps before the verdict
+        outputs.seg_prob, outputs.type_prob = {}, {}  # free the maps before the verdict
         release_free_memory()  # the stages' temporaries, before the outputs are written
         timings["map_back_results"] = time.perf_counter() - t
         prog(0.95, "Weighing the evidence")

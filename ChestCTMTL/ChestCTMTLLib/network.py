@@ -272,10 +272,15 @@ class NetworkOutputs:
     #: the part of the canonical grid the network saw (analysed slices x its in-plane box);
     #: probabilities are 0 elsewhere, so only this part is stored
     seg_region: Tuple[slice, slice, slice] = (slice(0, 0),) * 3
+    #: infection type -> uint8 P(type) x 255 on ``seg_region`` (a model with
+    #: ``infection_types``: P(covid-infection) x softmax over the types); {} otherwise
+    type_prob: Dict[str, np.ndarray] = field(default_factory=dict)
 
     def prob_crop(self, name: str, crop: Tuple[slice, slice, slice]) -> np.ndarray:
-        """Lesion probabilities (uint8) of type ``name`` on any canonical ``crop``."""
-        region, prob = self.seg_region, self.seg_prob[name]
+        """Lesion (or infection type) probabilities (uint8) of ``name`` on any canonical
+        ``crop``."""
+        region = self.seg_region
+        prob = self.type_prob[name] if name in self.type_prob else self.seg_prob[name]
         inner = tuple(slice(max(c.start, r.start), min(c.stop, r.stop)) for c, r in zip(crop, region))
         if all(i.start == c.start and i.stop == c.stop for i, c in zip(inner, crop)):
             return prob[tuple(slice(i.start - r.start, i.stop - r.start)
@@ -294,7 +299,7 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
     """Batched slice inference over the lung-bearing slices of ``volume`` (steps 2-5)."""
     import torch
 
-    from .model import detections_from_outputs
+    from .model import detections_from_outputs, infection_type_probabilities
     from .representation import geometry_for_volume, hu_slices_to_model
 
     timings: Dict[str, float] = {}
@@ -321,9 +326,12 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
     k_hi = int(slices.max()) + 1 if slices.size else 0
     seg_region = (slice(k_lo, k_hi), rr, cc)
     seg_prob: Dict[str, np.ndarray] = {}
+    type_prob: Dict[str, np.ndarray] = {}
+    infection_types = tuple(getattr(config, "infection_types", ()) or ())
     if "segmentation" in run_tasks:
         region_shape = (k_hi - k_lo, rr.stop - rr.start, cc.stop - cc.start)
         seg_prob = {name: np.zeros(region_shape, dtype=np.uint8) for name in lesion_types}
+        type_prob = {name: np.zeros(region_shape, dtype=np.uint8) for name in infection_types}
     recon_unit = None
     slice_probs: List[np.ndarray] = []
     boxes: List[SliceBox] = []
@@ -362,6 +370,12 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
                 q = torch.round(prob.clamp_(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
                 for ti, name in enumerate(lesion_types):
                     seg_prob[name][idx - k_lo] = q[:, ti]
+                if type_prob and "type_logits" in out:
+                    tp = geometry.to_input_box(infection_type_probabilities(
+                        out["seg_logits"], out["type_logits"], config))
+                    tq = torch.round(tp.clamp_(0.0, 1.0) * 255.0).to(torch.uint8).numpy()
+                    for ti, name in enumerate(infection_types):
+                        type_prob[name][idx - k_lo] = tq[:, ti]
             if "recon" in out:
                 # kept on the model grid in the network's own dtype (exact: out["recon"] is
                 # that dtype widened); mapped to HU on the input grid when asked for
@@ -389,4 +403,4 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
         recon = ModelGridReconstruction(recon_unit, slices, geometry, view, volume.array.shape,
                                         (lo_hu, hi_hu))
     return NetworkOutputs(view, geometry, region, slices, seg_prob, boxes, probs_arr, recon,
-                          timings, seg_region)
+                          timings, seg_region, type_prob)

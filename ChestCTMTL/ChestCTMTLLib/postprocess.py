@@ -93,6 +93,25 @@ def remove_small_islands(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     return mask
 
 
+def assign_infection_types(infection: np.ndarray, type_probs: Sequence[np.ndarray],
+                           chunk: int = 32) -> np.ndarray:
+    """uint8 on ``infection``'s grid: 0 where not infected, else 1 + the index of the most
+    probable type (the first on a tie), as ``model.infection_type_masks`` assigns them - here
+    slab by slab on uint8 probabilities, so no CT-sized index or float array is made. The
+    types are disjoint and their union is ``infection``."""
+    out = np.zeros(infection.shape, np.uint8)
+    for k0 in range(0, infection.shape[0], chunk):
+        sl = slice(k0, k0 + chunk)
+        best = np.zeros(out[sl].shape, np.uint8)
+        best_p = np.full(out[sl].shape, -1, np.int16)
+        for index, prob in enumerate(type_probs):
+            higher = prob[sl] > best_p  # strictly: a tie keeps the earlier type
+            best[higher] = index + 1
+            best_p[higher] = prob[sl][higher]
+        out[sl] = np.where(infection[sl], best, 0)
+    return out
+
+
 # --------------------------------------------------------------------------- detections
 @dataclass
 class SliceBox:

@@ -37,7 +37,7 @@ LUNG_WINDOW = (-600.0, 1500.0)
 #: when the caller passes none, so the picture matches Slicer's segment colours.
 DEFAULT_COLORS: Dict[str, Tuple[float, float, float]] = {
     "covid-infection": (230 / 255.0, 159 / 255.0, 0.0),
-    "ground-glass": (240 / 255.0, 228 / 255.0, 66 / 255.0),
+    "ground-glass opacity": (240 / 255.0, 228 / 255.0, 66 / 255.0),
     "consolidation": (213 / 255.0, 94 / 255.0, 0.0),
     "nodule-mass": (204 / 255.0, 51 / 255.0, 153 / 255.0),
     "mass": (170 / 255.0, 34 / 255.0, 120 / 255.0),
