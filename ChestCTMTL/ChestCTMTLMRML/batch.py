@@ -128,9 +128,11 @@ class _ReadAhead:
 
     :meth:`start` begins reading input ``index`` (at most one read runs at a time, and at most
     one volume waits: the batch holds the case being analysed plus the next input);
-    :meth:`take` waits for it and returns the volume or raises the read's own exception.
-    The threads are daemons: a batch that stops before its first case (no model, say) does
-    not wait for a read nobody will use.
+    :meth:`take` waits for it and returns the volume or raises the read's own exception;
+    :meth:`close` waits for a read nobody will take (a batch that stops before its first case:
+    no model, say). A read cannot be interrupted, and a daemon thread still inside ITK when
+    the interpreter ends aborts the process ("FATAL: exception not rethrown": the thread is
+    unwound through C++ code that catches everything), so every read is waited for.
     """
 
     def __init__(self, inputs: Sequence) -> None:
@@ -142,10 +144,10 @@ class _ReadAhead:
     def start(self, index: int) -> None:
         if index >= len(self._inputs) or self._index == index:
             return
-        self._drop()
+        self.close()
         self._index, self._outcome = index, []
         outcome, path = self._outcome, self._inputs[index]
-        self._thread = threading.Thread(target=self._read, args=(path, outcome), daemon=True,
+        self._thread = threading.Thread(target=self._read, args=(path, outcome),
                                         name="chestctmtl-read-ahead")
         self._thread.start()
 
@@ -167,7 +169,7 @@ class _ReadAhead:
             raise error
         return volume
 
-    def _drop(self) -> None:
+    def close(self) -> None:
         if self._thread is not None:
             self._thread.join()
         self._index, self._thread, self._outcome = None, None, []
@@ -262,8 +264,6 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
     TaskNotAvailableError, NotADirectoryError for an output that is a file. Failures of single
     inputs are recorded and the batch continues.
     """
-    from ChestCTMTLLib.inference import Analyzer
-
     stream = stream or sys.stderr
     if analyzer is not None:
         if model is not None or options is not None or option_values:
@@ -281,6 +281,19 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
     # the first read runs while slicer-core and torch are imported and the model is loaded
     ahead = _ReadAhead(inputs)
     ahead.start(0)
+    try:
+        return _analyze_all(inputs, output_dir, model, opts if analyzer is None else None, mrb,
+                            scene, progress_bar, stream, preview, analyzer, lobes, dicom, send,
+                            ahead)
+    finally:
+        ahead.close()
+
+
+def _analyze_all(inputs, output_dir: Path, model, opts, mrb, scene, progress_bar, stream,
+                 preview, analyzer, lobes, dicom, send, ahead: _ReadAhead) -> List[CaseOutcome]:
+    """analyze_inputs once its arguments are checked and the first read has begun."""
+    from ChestCTMTLLib.inference import Analyzer
+
     from . import files
 
     if analyzer is None:
