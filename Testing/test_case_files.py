@@ -237,9 +237,10 @@ def test_case_names_never_collide(tmp_path, small_ct):
 
 @pytest.mark.parametrize("break_at,mrb", [("write_findings_tsv", False),
                                           ("write_markups_file", True),
-                                          ("write_preview", False)])
+                                          ("preview_png.save_drawn_png", False)])
 def test_failure_leaves_no_folder_and_scene_unchanged(tmp_path, small_ct, monkeypatch, break_at,
                                                       mrb):
+    """Whatever fails (preview.png is encoded in a thread of its own), nothing is left."""
     app = headless.HeadlessSlicer()
     try:
         scene = app.scene
@@ -248,7 +249,8 @@ def test_failure_leaves_no_folder_and_scene_unchanged(tmp_path, small_ct, monkey
         def broken(*args, **kwargs):
             raise OSError("No space left on device")
 
-        monkeypatch.setattr(files, break_at, broken)
+        owner, _, name = break_at.rpartition(".")
+        monkeypatch.setattr(files.preview_png if owner else files, name, broken)
         with pytest.raises(OSError, match="No space"):
             files.write_case(scene, small_ct, synthetic_result(small_ct), tmp_path / "small",
                              mrb=mrb)
