@@ -219,7 +219,9 @@ def child_stages(case: str, model_dir: str, device: str) -> None:
         clock.wrap(files, "write_markups_file", "write: " + files.MARKUPS_FILE)
         clock.wrap(files, "write_findings_tsv", "write: " + files.FINDINGS_FILE)
         clock.wrap(files, "_write_json", lambda data, path: "write: " + Path(path).name)
-        clock.wrap(files, "write_preview", "write: " + files.PREVIEW_FILE)
+        clock.wrap(files.preview_png, "draw_preview", "write: %s (draw)" % files.PREVIEW_FILE)
+        clock.wrap(files.preview_png, "save_drawn_png",  # a thread beside the NRRD writes
+                   "write: %s (encode, in its own thread)" % files.PREVIEW_FILE)
         with tempfile.TemporaryDirectory(prefix="chestctmtl-bench-case-") as out:
             files.write_case(None, volume, result, Path(out) / "case",
                              input_path=str(case))
