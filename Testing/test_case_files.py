@@ -12,6 +12,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
+from ChestCTMTLLib.lungs import LUNG_NAMES  # noqa: E402
 from ChestCTMTLLib.results import CLASS_NAMES, FINDINGS_TEXT_COLUMNS, FINDINGS_TSV_COLUMNS  # noqa: E402
 from ChestCTMTLMRML import files, headless, nodes, terminology  # noqa: E402
 from mrml_testutil import synthetic_result, with_lungs  # noqa: E402
@@ -236,9 +237,10 @@ def test_case_names_never_collide(tmp_path, small_ct):
 
 @pytest.mark.parametrize("break_at,mrb", [("write_findings_tsv", False),
                                           ("write_markups_file", True),
-                                          ("write_preview", False)])
+                                          ("preview_png.save_drawn_png", False)])
 def test_failure_leaves_no_folder_and_scene_unchanged(tmp_path, small_ct, monkeypatch, break_at,
                                                       mrb):
+    """Whatever fails (preview.png is encoded in a thread of its own), nothing is left."""
     app = headless.HeadlessSlicer()
     try:
         scene = app.scene
@@ -247,7 +249,8 @@ def test_failure_leaves_no_folder_and_scene_unchanged(tmp_path, small_ct, monkey
         def broken(*args, **kwargs):
             raise OSError("No space left on device")
 
-        monkeypatch.setattr(files, break_at, broken)
+        owner, _, name = break_at.rpartition(".")
+        monkeypatch.setattr(files.preview_png if owner else files, name, broken)
         with pytest.raises(OSError, match="No space"):
             files.write_case(scene, small_ct, synthetic_result(small_ct), tmp_path / "small",
                              mrb=mrb)
@@ -353,3 +356,30 @@ def test_writing_leaves_the_result_and_the_ct_as_they_were(small_ct, tmp_path):
     np.testing.assert_array_equal(result.lung_labels, before["lungs"])
     for name, mask in result.lesion_masks.items():
         np.testing.assert_array_equal(mask, before[name])
+
+
+def test_written_segmentations_go_without_copying_their_shared_layer(small_ct, tmp_path, fresh):
+    """Segments that share one labelmap layer would each be copied out of it when their node
+    goes (vtkSegmentation::SeparateSegmentLabelmap, two full-volume passes per segment); once
+    a case is written its segmentations hold one empty labelmap per segment instead, so
+    nothing is left to separate, and the files keep every voxel."""
+    result = with_lungs(synthetic_result(small_ct))
+    scene = fresh.scene
+    volume = nodes.volume_node_from_ct(scene, small_ct, "ct", share=True)
+    made = nodes.create_result_nodes(scene, volume, result,
+                                     options=nodes.ResultOptions(share_arrays=True))
+    for node in (made.segmentation, made.lungs):
+        segmentation = node.GetSegmentation()
+        assert segmentation.GetNumberOfLayers() == 1 < segmentation.GetNumberOfSegments()
+        files._drop_labelmaps(node)
+        assert segmentation.GetNumberOfLayers() == segmentation.GetNumberOfSegments()
+        for segment_id in segmentation.GetSegmentIDs():
+            labelmap = segmentation.GetSegment(segment_id).GetRepresentation("Binary labelmap")
+            assert labelmap.GetPointData().GetScalars() is None  # no voxels left to copy
+    nodes.remove_result_nodes(scene, made)
+    case = files.write_case(None, small_ct, result, tmp_path / "case", preview=False)
+    lungs = _read_segmentation(fresh.scene, case / files.LUNGS_FILE)
+    reference = nodes.volume_node_from_ct(fresh.scene, small_ct, "reference")
+    for value, name in LUNG_NAMES.items():
+        np.testing.assert_array_equal(
+            nodes.segment_mask_array(lungs, name, reference) > 0, result.lung_labels == value)

@@ -267,3 +267,68 @@ def test_one_model_load_and_one_analyzer_for_all_inputs(tmp_path, model_dir, sma
     assert batch.exit_code(outcomes) == cli.EXIT_OK and len(loads) == 1 and len(analyzers) == 1
     with pytest.raises(TypeError):
         batch.analyze_inputs([small_nifti], tmp_path / "x", analyzer=analyzers[0], device="cpu")
+
+
+def test_inputs_are_read_while_the_model_loads_and_the_case_before_is_written(
+        tmp_path, model_dir, small_nifti, monkeypatch, capsys):
+    """Each input is read one turn ahead in a background thread: the first while the Analyzer
+    is built (torch import + model load), the next while the case before it is written. The
+    Analyzer and the writer below wait until that read has begun; read in turn, they would
+    wait in vain. A bad input in the middle still gets its own message, in its place."""
+    import threading
+
+    from ChestCTMTLLib import inference, volume_io
+
+    other = tmp_path / "other.nii.gz"
+    shutil.copy(small_nifti, other)
+    missing = tmp_path / "missing.nrrd"
+    inputs = [small_nifti, missing, other]
+    began = {str(path): threading.Event() for path in inputs}
+    real_read, real_write = volume_io.read_ct, files.write_case
+
+    def recording_read(path, *args, **kwargs):
+        began[str(path)].set()
+        return real_read(path, *args, **kwargs)
+
+    class WaitingAnalyzer(inference.Analyzer):
+        def __init__(self, *args, **kwargs):
+            assert began[str(small_nifti)].wait(30), "first input not read during model load"
+            super().__init__(*args, **kwargs)
+
+    def waiting_write(scene, volume, result, case_dir, **kwargs):
+        if volume.source_path == str(small_nifti):
+            assert began[str(missing)].wait(30), "next input not read while writing"
+        return real_write(scene, volume, result, case_dir, **kwargs)
+
+    monkeypatch.setattr(volume_io, "read_ct", recording_read)
+    monkeypatch.setattr(inference, "Analyzer", WaitingAnalyzer)
+    monkeypatch.setattr(files, "write_case", waiting_write)
+    out = tmp_path / "out"
+    code = cli.main(["analyze"] + [str(p) for p in inputs] + [
+        "--output", str(out), "--model", str(model_dir), "--device", "cpu", "--no-progress",
+        "--no-preview"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_SOME_FAILED, captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["other", "small"]
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("ok      " + str(small_nifti))
+    assert lines[1].startswith("FAILED  {} [not-found]".format(missing))
+    assert lines[2].startswith("ok      " + str(other))
+
+
+def test_the_command_ends_without_interpreter_teardown(tmp_path, model_dir):
+    """``chestctmtl`` (cli.console_main) exits as soon as its work is done: the summary still
+    reaches a pipe, the exit code is main's, and Python's teardown (which runs atexit
+    functions, here one that prints) is skipped."""
+    program = ("import atexit, sys\n"
+               "atexit.register(lambda: print('interpreter teardown'))\n"
+               "from ChestCTMTLMRML.cli import console_main\n"
+               "console_main(sys.argv[1:])\n")
+    run = subprocess.run(
+        [sys.executable, "-c", program, "analyze", str(tmp_path / "missing.nrrd"), "--output",
+         str(tmp_path / "out"), "--model", str(model_dir), "--device", "cpu", "--no-progress"],
+        env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == cli.EXIT_SOME_FAILED, run.stderr
+    assert "0 inputs analysed, 1 failed" in run.stdout
+    assert "interpreter teardown" not in run.stdout
+    assert "missing.nrrd" in run.stderr

@@ -246,15 +246,32 @@ def test_verdict_title_and_note(tmp_path, flat_ct):
     assert preview.NOTE == "Research use, not a diagnosis." and preview.NOTE in texts
 
 
-def test_failed_save_leaves_nothing(tmp_path, flat_ct, monkeypatch):
-    from matplotlib.figure import Figure
+def test_drawing_and_encoding_apart_give_savefigs_very_bytes(tmp_path, flat_ct):
+    """write_case draws the preview first and encodes it in a thread (draw_preview, then
+    save_drawn_png): the file must be byte for byte what matplotlib's savefig writes."""
+    mask = np.zeros(flat_ct.shape, np.uint8)
+    mask[3:6, 30:50, 40:60] = 1
+    result = _result(flat_ct, LPS_IDENTITY, {"nodule-mass": mask},
+                     findings=[_finding(1, "nodule-mass", 0.9, (40, 30, 3), (59, 49, 5))],
+                     recon=flat_ct.copy())
+    drawn = preview.draw_preview(result, title="case")
+    preview.save_drawn_png(drawn, tmp_path / "apart.png")
+    reference = preview.preview_figure(result, title="case").figure
+    reference.savefig(tmp_path / "savefig.png", format="png", dpi=preview.DEFAULT_DPI,
+                      facecolor="white")
+    assert (tmp_path / "apart.png").read_bytes() == (tmp_path / "savefig.png").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["apart.png", "savefig.png"]
 
-    def broken(self, *args, **kwargs):
-        with open(args[0], "wb") as handle:
+
+def test_failed_save_leaves_nothing(tmp_path, flat_ct, monkeypatch):
+    import matplotlib.image
+
+    def broken(path, *args, **kwargs):
+        with open(path, "wb") as handle:
             handle.write(b"half a png")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(Figure, "savefig", broken)
+    monkeypatch.setattr(matplotlib.image, "imsave", broken)
     with pytest.raises(OSError, match="No space"):
         preview.write_preview(_result(flat_ct, LPS_IDENTITY, {}), tmp_path / "preview.png")
     assert list(tmp_path.iterdir()) == []

@@ -69,6 +69,18 @@ def test_batch_script_without_torch_exits_at_once_with_the_fix(site, small_nifti
     assert not out.exists()
 
 
+def test_a_failed_start_waits_for_the_read_begun_ahead(site, lidc0002_nifti, tmp_path):
+    """The first input is read in a background thread while torch is imported; when torch is
+    missing the script must still end with its own exit code, not be aborted by a thread
+    still inside ITK at interpreter exit ("FATAL: exception not rethrown", SIGABRT). A whole
+    CT, so that the read is still running when the import fails."""
+    run = slicer_like.run([str(SCRIPT), "--input", str(lidc0002_nifti), "--output",
+                           str(tmp_path / "out")], site, timeout=120, cwd=str(tmp_path))
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert "'torch' is not installed" in run.stderr and "FATAL" not in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_batch_script_exits_through_slicer_util_exit_inside_slicer():
     """Inside Slicer the exit code must reach the application: Base/Python/slicer/util.py
     ``exit`` (v5.8.0, v5.12.3) clears ``app.commandOptions().runPythonAndExit`` and calls

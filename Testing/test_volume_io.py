@@ -129,3 +129,29 @@ def test_nifti_gzip_with_trailing_member_is_accepted(lidc0002_nifti, tmp_path):
         f.write(gzip.compress(b"\0" * 16))  # a second gzip member, as bgzip-style tools write
     back = volume_io.read_ct(path)
     np.testing.assert_array_equal(back.array, vol.array)
+
+
+@pytest.mark.parametrize("stored", ["int16", "int32", "float32"])
+def test_the_voxels_read_are_read_only_and_int16_ones_are_itks_own(lidc0002_nifti, tmp_path,
+                                                                   stored):
+    """No stage may write into the CT it was given: read_ct's array refuses writes. A CT
+    stored as int16 (most are) is not copied: the array is ITK's buffer, kept alive by the
+    array itself (and by any view of it) after the reader's image is gone."""
+    import gc
+
+    import SimpleITK as sitk
+
+    source = volume_io.read_ct(lidc0002_nifti)
+    path = tmp_path / ("ct-%s.nrrd" % stored)
+    volume_io.write_ct(source, path, array=source.array[90:110].astype(stored))
+    vol = volume_io.read_ct(path, validate=False)
+    with pytest.raises(ValueError, match="read-only"):
+        vol.array[0, 0, 0] = 0
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert vol.array.dtype == (np.float32 if stored == "float32" else np.int16)
+    assert (vol.array.base is not None) == (stored != "int32")  # a copy only to narrow int32
+    part = vol.array[5:15, ::3]
+    del vol
+    gc.collect()
+    np.ones(part.size * 8, dtype=np.int64)  # reuse freed memory, if the buffer had been freed
+    np.testing.assert_array_equal(part, expected[5:15, ::3])

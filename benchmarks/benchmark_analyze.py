@@ -6,8 +6,13 @@ are the user's:
 * ``whole_process``: ``chestctmtl analyze CASE --output TMP --model M --device D`` as a user
   runs it (interpreter start, imports, reading, inference, writing every output file), with
   its wall time and peak RSS (``os.wait4`` of that child alone);
-* ``stages``: a second child that times imports, ``read_ct`` and ``analyze`` separately and
-  returns analyze's per-stage timings, slices analysed and slices per second;
+* ``stages``: a second child that runs the same steps one after the other and times each:
+  ``stage_table``, one row per stage in the order they run -- the imports (slicer-core + vtk
+  with the file writers, torch), reading the CT, each analysis stage (``Analyzer.apply``'s
+  timings), building the result nodes, each file written (``lesions.seg.nrrd`` ...
+  ``report.json``) and ``preview.png`` -- plus slices analysed and slices per second. The
+  whole process overlaps some of them (the CT is read while torch is imported), so the rows
+  add up to more than ``whole_process``;
 * ``model``: parameter count and GFLOPs per slice (PyTorch's FLOP counter, all four heads, one
   slice at the model's input size; 1 multiply-add = 2 FLOPs).
 
@@ -153,26 +158,83 @@ def stages(case: Path, model_dir: Path, device: str, threads) -> dict:
     return res
 
 
+class _StageClock:
+    """Times calls of module functions by replacing them in their module (a benchmark
+    child's own instrumentation; the timed code is the shipped one)."""
+
+    def __init__(self) -> None:
+        self.rows = []
+
+    def wrap(self, owner, name, label):
+        function = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.rows.append([label(*args, **kwargs) if callable(label) else label,
+                                  round(time.perf_counter() - started, 3)])
+
+        setattr(owner, name, timed)
+
+
 def child_stages(case: str, model_dir: str, device: str) -> None:
-    """Runs in the child: time imports, reading and analysis separately."""
+    """Runs in the child: the CLI's steps one after the other, each timed (``stage_table``)."""
+    table = []
+
+    def step(label, started):
+        now = time.perf_counter()
+        table.append([label, round(now - started, 3)])
+        return now
+
     t0 = time.perf_counter()
+    try:
+        from ChestCTMTLMRML import files, nodes
+    except ImportError:  # no slicer-core: the analysis alone is timed
+        files = nodes = None
+    t = step("import slicer-core, vtk, file writers", t0)
     import torch  # noqa: F401
 
     from ChestCTMTLLib import inference, volume_io
     from ChestCTMTLLib.options import AnalysisOptions
-    t1 = time.perf_counter()
+    t1 = t = step("import torch", t)
     volume = volume_io.read_ct(case)
-    t2 = time.perf_counter()
+    t2 = t = step("read_ct", t)
     # device, model and calibration resolved once, as every front end does
     analyzer = inference.Analyzer(model_dir, AnalysisOptions(device=device, precision=PRECISION))
-    t3 = time.perf_counter()
+    t3 = t = step("Analyzer (model load)", t)
     result = analyzer.apply(volume)
     t4 = time.perf_counter()
+    table += [["analysis: " + k, round(v, 3)] for k, v in result.timings_s.items()
+              if k != "total"]
+    t = step("analysis (Analyzer.apply)", t)
+    written = None
+    if files is not None:
+        clock = _StageClock()
+        clock.wrap(nodes, "create_result_nodes", "write: result nodes")
+        clock.wrap(files, "_write_with_storage_node",  # the NRRDs (the others: rows below)
+                   lambda node, path, *a, **k: ("write: " + Path(path).name
+                                                if Path(path).suffix == ".nrrd" else None))
+        clock.wrap(files, "write_markups_file", "write: " + files.MARKUPS_FILE)
+        clock.wrap(files, "write_findings_tsv", "write: " + files.FINDINGS_FILE)
+        clock.wrap(files, "_write_json", lambda data, path: "write: " + Path(path).name)
+        clock.wrap(files.preview_png, "draw_preview", "write: %s (draw)" % files.PREVIEW_FILE)
+        clock.wrap(files.preview_png, "save_drawn_png",  # a thread beside the NRRD writes
+                   "write: %s (encode, in its own thread)" % files.PREVIEW_FILE)
+        with tempfile.TemporaryDirectory(prefix="chestctmtl-bench-case-") as out:
+            files.write_case(None, volume, result, Path(out) / "case",
+                             input_path=str(case))
+            written = time.perf_counter() - t
+        table += [row for row in clock.rows if row[0] is not None]
+        t = step("write_case (all files)", t)
     n = int(len(result.analysed_slices))
     net = sum(result.timings_s.get(k, 0.0) for k in ("preprocess", "forward", "map_back"))
     print(json.dumps({
+        "stage_table": table,
         "import_s": round(t1 - t0, 3), "read_s": round(t2 - t1, 3),
         "load_model_s": round(t3 - t2, 3), "analyze_s": round(t4 - t3, 3),
+        "write_s": round(written, 3) if written is not None else None,
         "analyze_timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
         "slices_total": int(volume.array.shape[0]), "slices_analysed": n,
         "slices_per_s_inference": round(n / net, 2) if net else None,
@@ -215,7 +277,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None,
                     help="benchmark this model folder instead of untrained backbones")
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for children")
-    ap.add_argument("--repeat", type=int, default=1, help="whole-process runs per cell (best kept)")
+    ap.add_argument("--repeat", type=int, default=1, help="whole-process runs per cell (best kept; all and median listed)")
     ap.add_argument("--skip-stages", action="store_true")
     ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
                     help="the network's arithmetic (AnalysisOptions.precision)")
@@ -264,7 +326,9 @@ def main(argv=None) -> int:
                             for _ in range(max(1, args.repeat))]
                     row["whole_process"] = min(runs, key=lambda r: r["wall_s"])
                     if len(runs) > 1:
+                        walls = sorted(r["wall_s"] for r in runs)
                         row["whole_process"]["all_wall_s"] = [r["wall_s"] for r in runs]
+                        row["whole_process"]["median_wall_s"] = walls[len(walls) // 2]
                     if not args.skip_stages:
                         row["stages"] = stages(case, folder, dev, args.threads)
                     wp = row["whole_process"]

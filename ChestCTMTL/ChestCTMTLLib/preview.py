@@ -18,6 +18,7 @@ worker thread inside Slicer, where it must not disturb the application's own mat
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -605,16 +606,48 @@ def _save_png(figure, path: Path, dpi: int) -> None:
         raise
 
 
+def draw_preview(result: AnalysisResult, max_slices: int = DEFAULT_MAX_SLICES,
+                 colors: Optional[Dict[str, Sequence[float]]] = None,
+                 title: Optional[str] = None, dpi: int = DEFAULT_DPI) -> Preview:
+    """The preview of ``result`` drawn to its final pixels, ready for :func:`save_drawn_png`.
+
+    Drawing is matplotlib's (Python, holding the GIL); encoding the PNG is Pillow's zlib,
+    which does not hold it. Kept apart, the encoding can run in a thread beside other work
+    (``write_case`` writes the NRRD files meanwhile). Both together give the very bytes of
+    ``figure.savefig`` (``FigureCanvasAgg.print_png`` is this draw, then ``imsave`` of its
+    RGBA buffer).
+    """
+    preview = preview_figure(result, max_slices=max_slices, colors=colors, title=title, dpi=dpi)
+    preview.figure.canvas.draw()
+    return preview
+
+
+def save_drawn_png(preview: Preview, path: Union[str, Path]) -> None:
+    """Encode a :func:`draw_preview` picture to ``path`` (a temporary name, then renamed)."""
+    from matplotlib.image import imsave
+
+    path = Path(path)
+    rgba = preview.figure.canvas.buffer_rgba()
+    temporary = str(path.with_name(".{}.partial-{}-{}".format(path.name, os.getpid(),
+                                                             threading.get_ident())))
+    try:
+        imsave(temporary, rgba, format="png", origin="upper", dpi=preview.figure.dpi)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    preview.path = path
+
+
 def write_preview(result: AnalysisResult, path: Union[str, Path],
                   max_slices: int = DEFAULT_MAX_SLICES,
                   colors: Optional[Dict[str, Sequence[float]]] = None,
                   title: Optional[str] = None, dpi: int = DEFAULT_DPI) -> Preview:
     """Draw and save the preview PNG at ``path`` (written to a temporary name first and
     renamed, so a reader never sees half a file)."""
-    path = Path(path)
-    preview = preview_figure(result, max_slices=max_slices, colors=colors, title=title, dpi=dpi)
-    _save_png(preview.figure, path, dpi)
-    preview.path = path
+    preview = draw_preview(result, max_slices=max_slices, colors=colors, title=title, dpi=dpi)
+    save_drawn_png(preview, path)
     return preview
 
 

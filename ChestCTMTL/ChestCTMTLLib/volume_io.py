@@ -265,8 +265,30 @@ def _read_file(path: Path):
     return image, {"format": _format_name(path)}
 
 
+class _ITKPixels:
+    """Exports a SimpleITK image's own pixel buffer to numpy, read-only, and keeps the image.
+
+    ``sitk.GetArrayViewFromImage`` gives a view that does *not* keep its image alive (its
+    docstring, SimpleITK 2.x: the image must be "kept around while the buffer is being used").
+    An array made with ``np.asarray`` of this object has it as its ``base``, so the image lives
+    as long as the array or any view of it. Read-only because the array is the CT that was
+    read: no stage may write into its input.
+    """
+
+    def __init__(self, image, view: np.ndarray) -> None:
+        self._image = image
+        interface = dict(view.__array_interface__)
+        interface["data"] = (interface["data"][0], True)
+        self.__array_interface__ = interface
+
+
 def _image_to_volume(image, meta: dict, name: str, source: str) -> CTVolume:
-    """SimpleITK image -> CTVolume (int16 when the values fit, else float32), RAS geometry."""
+    """SimpleITK image -> CTVolume (int16 when the values fit, else float32), RAS geometry.
+
+    The voxels are read-only. When ITK's pixel type is already the volume's (int16 or float32,
+    as CTs are stored) the array *is* ITK's buffer, so a read holds the voxels once instead of
+    twice; otherwise they are converted once, straight from ITK's buffer.
+    """
     sitk = _sitk()
     dim = image.GetDimension()
     ncomp = image.GetNumberOfComponentsPerPixel()
@@ -283,16 +305,22 @@ def _image_to_volume(image, meta: dict, name: str, source: str) -> CTVolume:
     integer_ids = (sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16,
                    sitk.sitkInt32, sitk.sitkUInt32, sitk.sitkInt64, sitk.sitkUInt64)
     dtype = np.float32
-    if pid in integer_ids:
+    if pid == sitk.sitkInt16:
+        dtype = np.int16
+    elif pid in integer_ids:
         mm = sitk.MinimumMaximumImageFilter()
         mm.Execute(image)
         if mm.GetMinimum() >= -32768 and mm.GetMaximum() <= 32767:
             dtype = np.int16
     ijk_to_ras = ijk_to_ras_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    # one conversion straight from ITK's buffer into the final array: no intermediate
-    # cast image and no second copy (the volume is the largest thing in memory)
-    array = np.empty(size[::-1], dtype=dtype)
-    np.copyto(array, sitk.GetArrayViewFromImage(image), casting="unsafe")
+    view = sitk.GetArrayViewFromImage(image)
+    if view.dtype == dtype and view.flags.c_contiguous:
+        array = np.asarray(_ITKPixels(image, view))
+    else:
+        array = np.empty(size[::-1], dtype=dtype)
+        np.copyto(array, view, casting="unsafe")
+        array.flags.writeable = False
+    del view
     return CTVolume(array=array, ijk_to_ras=ijk_to_ras, name=name, source_path=source,
                     metadata=meta)
 

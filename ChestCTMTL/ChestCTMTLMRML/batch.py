@@ -4,11 +4,19 @@
 Options are resolved and the model is loaded once (one :class:`~ChestCTMTLLib.inference.Analyzer`
 for the whole batch); each input is read, analysed and written on its own, so a bad input costs
 only its own case (reported, no folder) and the rest of the batch goes on.
+
+Reading is done one input ahead, in a background thread (:class:`_ReadAhead`): SimpleITK
+decodes without holding Python's GIL, so the first input is read while slicer-core and torch
+are imported and the model is loaded, and each next input while the case before it is written.
+A read's failure is kept and raised when its case's turn comes, so errors and their order are
+those of reading in turn. This module imports neither slicer nor torch at import time, so that
+the first read starts before those imports.
 """
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -17,8 +25,6 @@ from typing import Callable, List, Optional, Sequence
 
 from ChestCTMTLLib.errors import ChestCTMTLError
 from ChestCTMTLLib.options import AnalysisOptions, OptionError
-
-from . import files
 
 _LOG = logging.getLogger(__name__)
 
@@ -117,15 +123,72 @@ class _Progress:
             self._bar.close()
 
 
+class _ReadAhead:
+    """``read_ct`` of each input in a background thread, started before its turn.
+
+    :meth:`start` begins reading input ``index`` (at most one read runs at a time, and at most
+    one volume waits: the batch holds the case being analysed plus the next input);
+    :meth:`take` waits for it and returns the volume or raises the read's own exception;
+    :meth:`close` waits for a read nobody will take (a batch that stops before its first case:
+    no model, say). A read cannot be interrupted, and a daemon thread still inside ITK when
+    the interpreter ends aborts the process ("FATAL: exception not rethrown": the thread is
+    unwound through C++ code that catches everything), so every read is waited for.
+    """
+
+    def __init__(self, inputs: Sequence) -> None:
+        self._inputs = list(inputs)
+        self._index: Optional[int] = None
+        self._thread: Optional[threading.Thread] = None
+        self._outcome: list = []
+
+    def start(self, index: int) -> None:
+        if index >= len(self._inputs) or self._index == index:
+            return
+        self.close()
+        self._index, self._outcome = index, []
+        outcome, path = self._outcome, self._inputs[index]
+        self._thread = threading.Thread(target=self._read, args=(path, outcome),
+                                        name="chestctmtl-read-ahead")
+        self._thread.start()
+
+    @staticmethod
+    def _read(path, outcome: list) -> None:
+        from ChestCTMTLLib import volume_io
+
+        try:
+            outcome.append((volume_io.read_ct(path), None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread as it is
+            outcome.append((None, exc))
+
+    def take(self, index: int):
+        self.start(index)
+        self._thread.join()
+        volume, error = self._outcome[0]
+        self._index, self._thread, self._outcome = None, None, []
+        if error is not None:
+            raise error
+        return volume
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        self._index, self._thread, self._outcome = None, None, []
+
+
 def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
                 progress: Optional[Callable[[float, str], None]] = None, preview: bool = True,
-                lobes=None, dicom: bool = False):
+                lobes=None, dicom: bool = False, read: Optional[Callable[[], object]] = None,
+                analysed: Optional[Callable[[], None]] = None):
     """Read, analyse (with ``analyzer``, an :class:`~ChestCTMTLLib.inference.Analyzer`) and
     write one input; returns (case folder, AnalysisResult). ``lobes``: another segmenter's lobe
     file or folder for this input (:func:`ChestCTMTLLib.lobes_io.read_lobes`). ``dicom`` adds
     lesions.seg.dcm + findings.sr.dcm (a DICOM series input only: checked before the
-    analysis). Raises on failure, and then nothing is written."""
-    from ChestCTMTLLib.volume_io import case_name, read_ct
+    analysis). ``read()`` gives the input's CTVolume (default: ``read_ct(input_path)``);
+    ``analysed()`` is called once the analysis is done, before writing (the batch starts the
+    next read there). Raises on failure, and then nothing is written."""
+    from ChestCTMTLLib import volume_io
+
+    from . import files
 
     report = progress or (lambda fraction, stage: None)
     report(0.0, "reading")
@@ -134,7 +197,7 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
         from . import dicom as dicom_objects
 
         extra_writer = _dicom_source_check(input_path, dicom_objects)
-    volume = read_ct(input_path)
+    volume = read() if read is not None else volume_io.read_ct(input_path)
     lobe_masks = None
     if lobes is not None:
         from ChestCTMTLLib.lobes_io import read_lobes
@@ -142,8 +205,10 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
         lobe_masks = read_lobes(lobes, volume)
     result = analyzer.apply(volume, progress=lambda f, stage: report(0.05 + 0.85 * f, stage),
                             lobes=lobe_masks)
+    if analysed is not None:
+        analysed()
     report(0.92, "writing")
-    case_dir = files.case_dir_for(output_dir, case_name(input_path))
+    case_dir = files.case_dir_for(output_dir, volume_io.case_name(input_path))
     files.write_case(scene, volume, result, case_dir, mrb=mrb, input_path=str(input_path),
                      preview=preview, extra_writer=extra_writer and (
                          lambda folder: extra_writer(folder, volume, result)))
@@ -199,8 +264,6 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
     TaskNotAvailableError, NotADirectoryError for an output that is a file. Failures of single
     inputs are recorded and the batch continues.
     """
-    from ChestCTMTLLib.inference import Analyzer
-
     stream = stream or sys.stderr
     if analyzer is not None:
         if model is not None or options is not None or option_values:
@@ -215,20 +278,40 @@ def analyze_inputs(inputs: Sequence, output_dir, model=None,
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError("output is not a folder: {}".format(output_dir))
+    # the first read runs while slicer-core and torch are imported and the model is loaded
+    ahead = _ReadAhead(inputs)
+    ahead.start(0)
+    try:
+        return _analyze_all(inputs, output_dir, model, opts if analyzer is None else None, mrb,
+                            scene, progress_bar, stream, preview, analyzer, lobes, dicom, send,
+                            ahead)
+    finally:
+        ahead.close()
+
+
+def _analyze_all(inputs, output_dir: Path, model, opts, mrb, scene, progress_bar, stream,
+                 preview, analyzer, lobes, dicom, send, ahead: _ReadAhead) -> List[CaseOutcome]:
+    """analyze_inputs once its arguments are checked and the first read has begun."""
+    from ChestCTMTLLib.inference import Analyzer
+
+    from . import files
+
     if analyzer is None:
         analyzer = Analyzer(model, opts)
     output_dir.mkdir(parents=True, exist_ok=True)
     outcomes: List[CaseOutcome] = []
     bar = _Progress(len(inputs), progress_bar, stream)
     try:
-        for input_path in inputs:
+        for index, input_path in enumerate(inputs):
             outcome = CaseOutcome(input=str(input_path))
             bar.start_case(Path(str(input_path)).name)
             started = time.perf_counter()
             try:
-                case_dir, result = analyze_one(input_path, output_dir, analyzer, mrb, scene,
-                                               bar.progress, preview=preview, lobes=lobes,
-                                               dicom=dicom or bool(send))
+                case_dir, result = analyze_one(
+                    input_path, output_dir, analyzer, mrb, scene, bar.progress, preview=preview,
+                    lobes=lobes, dicom=dicom or bool(send),
+                    read=lambda index=index: ahead.take(index),
+                    analysed=lambda index=index: ahead.start(index + 1))
                 outcome.case_dir = case_dir
                 outcome.predicted_class = result.predicted_class
                 outcome.n_findings = len(result.findings)

@@ -17,6 +17,8 @@ message on stderr and an exit code.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import traceback
 from typing import Callable, List, Optional
@@ -193,5 +195,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     return EXIT_CANNOT_START  # pragma: no cover - argparse enforces a command
 
 
+def console_main(argv: Optional[List[str]] = None) -> None:
+    """The ``chestctmtl`` command (and ``python -m ChestCTMTLMRML``): :func:`main`, then the
+    process ends at once with its exit code.
+
+    When main returns, every case folder is complete and closed and no thread of ours runs
+    (a read-ahead of an input that will never be analysed, after a failed start, is simply
+    dropped). What the interpreter would still do is tear down torch, VTK and every other
+    module object by object, about a second after an analysis, for memory and files the
+    operating system releases when the process ends anyway. So the output streams and the
+    logging handlers are flushed and the process exits without that teardown. Library callers
+    (tests, the batch script, Slicer) use :func:`main` or :func:`run_analyze`, which return.
+    """
+    code = main(argv)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):  # closed or replaced streams
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()
