@@ -360,9 +360,9 @@ def test_writing_leaves_the_result_and_the_ct_as_they_were(small_ct, tmp_path):
 
 def test_written_segmentations_go_without_copying_their_shared_layer(small_ct, tmp_path, fresh):
     """Segments that share one labelmap layer would each be copied out of it when their node
-    goes (vtkSegmentation::SeparateSegmentLabelmap, two full-volume passes per segment); once
-    a case is written its segmentations hold one empty labelmap per segment instead, so
-    nothing is left to separate, and the files keep every voxel."""
+    goes (vtkSegmentation::SeparateSegmentLabelmap, two full-volume passes per segment); a
+    removed segmentation drops its segments' labelmaps first (nodes._remove_node), so nothing
+    is left to separate, and the files keep every voxel."""
     result = with_lungs(synthetic_result(small_ct))
     scene = fresh.scene
     volume = nodes.volume_node_from_ct(scene, small_ct, "ct", share=True)
@@ -371,12 +371,12 @@ def test_written_segmentations_go_without_copying_their_shared_layer(small_ct, t
     for node in (made.segmentation, made.lungs):
         segmentation = node.GetSegmentation()
         assert segmentation.GetNumberOfLayers() == 1 < segmentation.GetNumberOfSegments()
-        files._drop_labelmaps(node)
-        assert segmentation.GetNumberOfLayers() == segmentation.GetNumberOfSegments()
-        for segment_id in segmentation.GetSegmentIDs():
-            labelmap = segmentation.GetSegment(segment_id).GetRepresentation("Binary labelmap")
-            assert labelmap.GetPointData().GetScalars() is None  # no voxels left to copy
     nodes.remove_result_nodes(scene, made)
+    for node in (made.segmentation, made.lungs):
+        segmentation = node.GetSegmentation()
+        assert segmentation.GetNumberOfLayers() == 0  # no voxels left to copy out
+        for segment_id in segmentation.GetSegmentIDs():
+            assert segmentation.GetSegment(segment_id).GetRepresentation("Binary labelmap") is None
     case = files.write_case(None, small_ct, result, tmp_path / "case", preview=False)
     lungs = _read_segmentation(fresh.scene, case / files.LUNGS_FILE)
     reference = nodes.volume_node_from_ct(fresh.scene, small_ct, "reference")

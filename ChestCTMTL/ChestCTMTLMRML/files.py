@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
-import slicer
 
 from ChestCTMTLLib import preview as preview_png
 from ChestCTMTLLib.lungs import LUNG_NAMES
@@ -181,23 +180,6 @@ def _write_json(data: dict, path: Path) -> None:
         handle.write("\n")
 
 
-def _drop_labelmaps(segmentation_node) -> None:
-    """Give every segment of a node that only existed to be written an empty labelmap.
-
-    Our segments share one labelmap layer; when a segmentation goes away, each segment it
-    removes from a shared layer is first copied out of it (vtkSegmentation::RemoveSegment ->
-    SeparateSegmentLabelmap, Slicer 5.8.0 to 5.12.3: two full-volume vtkImageThreshold passes
-    per segment), about 0.27 s per written segmentation of a 512 x 512 x 261 CT for voxels
-    nobody reads again. Segments that each hold their own empty image have nothing to separate.
-    """
-    if segmentation_node is None:
-        return
-    segmentation = segmentation_node.GetSegmentation()
-    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
-    for segment_id in segmentation.GetSegmentIDs():
-        segmentation.GetSegment(segment_id).AddRepresentation(name, slicer.vtkOrientedImageData())
-
-
 @contextmanager
 def _working_scene(scene):
     if scene is None:
@@ -230,8 +212,7 @@ def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: P
                 raise CaseWriteError("could not write {}".format(bundle.name))
     finally:
         if results is not None:
-            _drop_labelmaps(results.segmentation)
-            _drop_labelmaps(results.lungs)
+            # segmentations go without copying their shared layer (nodes._remove_node)
             nodes.remove_result_nodes(scene, results)
         nodes._remove_node(scene, volume_node)
 
