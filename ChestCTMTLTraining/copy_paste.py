@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from ChestCTMTLLib.representation import hu_to_unit
 from ChestCTMTLLib.results import CLASS_NAMES, LESION_TYPES
 
+from .hard_negatives import checked_generator
 from .slice_lungs import SliceLungs, largest_component, slice_lungs
 from .sources.base import SampleSet
 
@@ -111,12 +112,7 @@ class CopyPasteConfig:
                 if not 0 < lo <= hi:
                     raise ValueError("copy_paste.%s must be [low, high] with 0 < low <= high" % k)
                 d[k] = (lo, hi)
-        out = cls(**d)
-        if not 0 <= out.p < 1:
-            raise ValueError("copy_paste.p must be in [0, 1), got %r" % out.p)
-        if out.enabled and not out.hosts:
-            raise ValueError("copy_paste is enabled but names no hosts")
-        return out
+        return checked_generator(cls(**d), "copy_paste", "hosts")
 
 
 # --------------------------------------------------------------------------- one paste

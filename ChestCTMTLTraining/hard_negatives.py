@@ -52,12 +52,18 @@ class HardNegativeConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError("hard_negatives: unknown keys %s" % sorted(unknown))
-        out = cls(**d)
-        if not 0 <= out.p < 1:
-            raise ValueError("hard_negatives.p must be in [0, 1), got %r" % out.p)
-        if out.enabled and not out.sources:
-            raise ValueError("hard_negatives is enabled but names no sources")
-        return out
+        return checked_generator(cls(**d), "hard_negatives", "sources")
+
+
+def checked_generator(out, section: str, names: str):
+    """A sample generator's config (copy_paste, hard_negatives) after the checks they share:
+    its share ``p`` of the training samples in [0, 1), and when enabled at least one entry in
+    its list ``names``."""
+    if not 0 <= out.p < 1:
+        raise ValueError("%s.p must be in [0, 1), got %r" % (section, out.p))
+    if out.enabled and not getattr(out, names):
+        raise ValueError("%s is enabled but names no %s" % (section, names))
+    return out
 
 
 def regions(image: np.ndarray, hu_window, lung_mask: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
