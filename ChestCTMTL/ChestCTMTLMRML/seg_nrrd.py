@@ -27,7 +27,8 @@ import numpy as np
 import slicer
 import vtk
 
-_BINARY_LABELMAP = "Binary labelmap"
+from .nodes import _BINARY_LABELMAP, _numpy_matrix
+
 #: vtkSegmentation::EXTENT_UNION_OF_EFFECTIVE_SEGMENTS_AND_REFERENCE_GEOMETRY: what the storage
 #: node uses unless CropToMinimumExtent is on (it is off by default and here)
 _EXTENT_WITH_REFERENCE = 1
@@ -35,10 +36,6 @@ _EXTENT_WITH_REFERENCE = 1
 
 def _extent_text(extent) -> str:
     return " ".join(str(int(v)) for v in extent)
-
-
-def _matrix_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
 def _segment_ids(segmentation) -> List[str]:
@@ -71,7 +68,7 @@ def _single_shared_layer(segmentation) -> Optional[Tuple[object, object, List[in
     a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
     layer.GetImageToWorldMatrix(a)
     common.GetImageToWorldMatrix(b)
-    if not np.allclose(_matrix_array(a), _matrix_array(b), rtol=0, atol=1e-6):
+    if not np.allclose(_numpy_matrix(a), _numpy_matrix(b), rtol=0, atol=1e-6):
         return None
     return layer, common, extent
 
