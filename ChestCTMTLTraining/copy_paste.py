@@ -348,5 +348,5 @@ def generated_sources(cfg: dict, sets: Sequence[SampleSet], hu_window,
         out.append(CopyPaste(cp, sets, hu_window, lesion_types))
     hn = HardNegativeConfig.from_dict(cfg.get("hard_negatives"))
     if hn.enabled and hn.p > 0:
-        out.append(HardNegatives(hn, sets, hu_window))
+        out.append(HardNegatives(hn, sets, hu_window, len(lesion_types)))
     return out

@@ -100,8 +100,12 @@ class HardNegatives:
     def p(self) -> float:
         return float(self.cfg.p)
 
-    def __init__(self, cfg: HardNegativeConfig, sets: Sequence[SampleSet], hu_window):
+    def __init__(self, cfg: HardNegativeConfig, sets: Sequence[SampleSet], hu_window,
+                 n_lesion_types: Optional[int] = None):
+        # lesion-free = every lesion channel labelled and empty; infection-type channels (a split
+        # of the infection, labelled on few slices) follow the infection channel and are not asked
         self.cfg = cfg
+        nl = n_lesion_types
         self.hu_window = tuple(float(v) for v in hu_window)
         by_name = {s.name: s for s in sets}
         nc = CLASS_NAMES.index("non-covid")
@@ -117,7 +121,7 @@ class HardNegatives:
                 mt = s.meta[i] if s.meta else {}
                 if not mt.get("spacing"):
                     raise ValueError("hard_negatives source %r is not a whole CT in HU" % name)
-                if s.classes[i] != nc or mt.get("infection") or s.masks[i].any() or not s.mask_present[i].all():
+                if s.classes[i] != nc or mt.get("infection") or s.masks[i].any() or not s.mask_present[i][:nl].all():
                     continue
                 reg = regions(s.images[i].astype(np.float32), self.hu_window)
                 if not reg["lung"].any():

@@ -54,6 +54,58 @@ def model_config_of(cfg: dict) -> ModelConfig:
     return ModelConfig.from_dict(m)
 
 
+# Heads a fine-tune may add to the network it starts from; everything else must match.
+ADDABLE_HEADS = {"infection_types": ("seg_decoder.type_out.",)}
+
+
+def init_weights(model: MultiTaskNet, mcfg: ModelConfig, source, device,
+                 rep: Optional[Representation] = None) -> tuple:
+    """Load weights for a fine-tune from a run's ``checkpoint.pt`` (or its folder), a model
+    folder (``model.json`` + safetensors, checksum verified) or a registered model's id.
+
+    The source must have this architecture, except for heads in ``ADDABLE_HEADS`` that this
+    config adds (e.g. the infection-type head on a binary model): those start from their random
+    initialisation. Returns (the new tensors' prefixes, a description of the source)."""
+    from ChestCTMTLLib.modelio import ModelLoadError, load_model
+
+    path = Path(str(source)).expanduser()
+    if not path.exists():
+        from ChestCTMTLLib.registry import available_models
+        path = next((Path(m["path"]) for m in available_models() if m["id"] == str(source)), path)
+    if path.is_dir() and (path / "checkpoint.pt").is_file():
+        path = path / "checkpoint.pt"
+    if path.is_dir():
+        try:
+            loaded = load_model(path, device="cpu")
+        except ModelLoadError as e:
+            raise TrainingError("init_from %s: %s" % (source, e)) from None
+        arch, state = loaded.config.to_dict(), loaded.model.state_dict()
+        if rep is not None and loaded.representation.to_dict() != rep.to_dict():
+            raise TrainingError("init_from %s was trained on another input representation (%s, not %s)"
+                                % (source, loaded.representation.to_dict(), rep.to_dict()))
+        origin = "%s %s (%s)" % (loaded.identity.id, loaded.identity.version, path)
+    elif path.is_file():
+        init = torch.load(path, map_location="cpu", weights_only=False)
+        arch, state = init.get("architecture"), init["model"]
+        origin = "%s (step %s)" % (path, init.get("step"))
+    else:
+        raise TrainingError("init_from %s: no such checkpoint or model folder" % source)
+    want = mcfg.to_dict()
+    added = [k for k in ADDABLE_HEADS if want.get(k) and not (arch or {}).get(k)]
+    if {k: v for k, v in (arch or {}).items() if k not in added} != \
+            {k: v for k, v in want.items() if k not in added}:
+        raise TrainingError("init_from %s has another architecture" % source)
+    prefixes = tuple(p for k in added for p in ADDABLE_HEADS[k])
+    expected = model.state_dict()
+    missing = sorted(k for k in set(expected) - set(state) if not k.startswith(prefixes))
+    if missing or set(state) - set(expected):
+        raise TrainingError("init_from %s does not match this network (e.g. %s)"
+                            % (source, (missing or sorted(set(state) - set(expected)))[:3]))
+    model.load_state_dict(state, strict=False)
+    model.to(device)
+    return [p.rstrip(".") for p in prefixes], origin
+
+
 def _dist_info():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -251,13 +303,11 @@ def run_training(cfg: dict, output, resume: bool = False, export: bool = True,
             print("resumed from %s at step %d" % (ckpt_path, start), flush=True)
             _rewrite_log(log_csv, start)
     elif tcfg.get("init_from"):
-        # fine-tune: weights only (fresh optimizer and schedule) from another run's checkpoint
-        init = torch.load(Path(tcfg["init_from"]).expanduser(), map_location=device, weights_only=False)
-        if init.get("architecture") != mcfg.to_dict():
-            raise TrainingError("init_from %s has another architecture" % tcfg["init_from"])
-        model.load_state_dict(init["model"])
+        # fine-tune: weights only (fresh optimizer and schedule) from another run or a model folder
+        fresh, origin = init_weights(model, mcfg, tcfg["init_from"], device, rep)
         if is_main:
-            print("initialised from %s (step %s)" % (tcfg["init_from"], init.get("step")), flush=True)
+            print("initialised from %s%s" % (origin, "; new, untrained: %s" % ", ".join(fresh)
+                                              if fresh else ""), flush=True)
     if resume and not ckpt_path.is_file() and is_main:
         print("no checkpoint at %s: starting from scratch" % ckpt_path, flush=True)
     if not (resume and ckpt_path.is_file()) and is_main and log_csv.exists():
