@@ -26,7 +26,8 @@ SLICER_BUNDLED = ("numpy", "numpy.libs", "scipy", "scipy.libs", "SimpleITK", "PI
                   "pydicom", "vtk.py", "vtkmodules", "slicer", "slicer_core", "typing_extensions.py",
                   "packaging")
 # Installed in the test venv but never in a fresh Slicer: must not be importable here.
-NOT_IN_SLICER = ("torch", "tqdm", "skimage", "safetensors", "monai", "sklearn", "matplotlib")
+NOT_IN_SLICER = ("torch", "tqdm", "skimage", "safetensors", "monai", "sklearn", "matplotlib",
+                 "onnxruntime", "onnx")
 
 
 def _site_packages() -> Path:

@@ -312,7 +312,10 @@ ALLOWED_OUTSIDE_SLICER_IMPORTS = {
               "ChestCTMTLLib/representation.py",  # the model itself: torch is installed first
               "ChestCTMTLLib/inference.py",  # inside functions, after the model is loaded
               "ChestCTMTLLib/network.py",  # the same: the network's runtime, split from it
+              "ChestCTMTLLib/onnx_network.py",  # inside functions, only where ONNX Runtime is used
               "ChestCTMTLMRML/logic.py"},  # the device label, only once torch is installed
+    "onnxruntime": {"ChestCTMTLLib/onnx_network.py"},  # behind onnx_runtime_available()
+    "onnx": {"ChestCTMTLLib/onnx_network.py"},
     "safetensors": {"ChestCTMTLLib/modelio.py"},  # weights; installed with torch
     "matplotlib": {"ChestCTMTLLib/preview.py"},  # behind preview.available()
     "tqdm": {"ChestCTMTLMRML/batch.py"},  # behind _tqdm_class(): plain lines without it

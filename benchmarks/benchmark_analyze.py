@@ -48,6 +48,7 @@ CASES = {
     "LIDC-IDRI-0001": ("lidc", "LIDC-IDRI-0001"),
 }
 PRECISION = "auto"  # --precision, passed to every child
+RUNTIME = "auto"  # --runtime, passed to every child
 TARGET = {"case": "LIDC-IDRI-0002", "backbone": "fast", "max_wall_s": 30.0, "max_rss_gb": 3.0,
           "aim_wall_s": 15.0, "aim_rss_gb": 2.0}
 
@@ -128,7 +129,7 @@ def whole_process(case: Path, model_dir: Path, device: str, threads) -> dict:
         if _cli_available():
             cmd = [sys.executable, "-m", "ChestCTMTLMRML", "analyze", str(case), "--output", out,
                    "--model", str(model_dir), "--device", device, "--no-progress",
-                   "--precision", PRECISION]
+                   "--precision", PRECISION, "--runtime", RUNTIME]
             what = "chestctmtl analyze (start-up + read + analyze + write all outputs)"
         else:
             cmd = [sys.executable, __file__, "--child-stages", str(case), str(model_dir), device]
@@ -148,7 +149,7 @@ def whole_process(case: Path, model_dir: Path, device: str, threads) -> dict:
 
 def stages(case: Path, model_dir: Path, device: str, threads) -> dict:
     cmd = [sys.executable, __file__, "--child-stages", str(case), str(model_dir), device,
-           "--precision", PRECISION]
+           "--precision", PRECISION, "--runtime", RUNTIME]
     wall, rss, code, stdout, stderr = _run_child(cmd, _env(threads))
     if code != 0:
         return {"error": stderr[-2000:], "exit_code": code}
@@ -202,7 +203,8 @@ def child_stages(case: str, model_dir: str, device: str) -> None:
     volume = volume_io.read_ct(case)
     t2 = t = step("read_ct", t)
     # device, model and calibration resolved once, as every front end does
-    analyzer = inference.Analyzer(model_dir, AnalysisOptions(device=device, precision=PRECISION))
+    analyzer = inference.Analyzer(model_dir, AnalysisOptions(device=device, precision=PRECISION,
+                                                             runtime=RUNTIME))
     t3 = t = step("Analyzer (model load)", t)
     result = analyzer.apply(volume)
     t4 = time.perf_counter()
@@ -241,6 +243,7 @@ def child_stages(case: str, model_dir: str, device: str) -> None:
         "slices_per_s_analyze": round(n / (t4 - t3), 2),
         "torch_threads": torch.get_num_threads(), "device": result.device,
         "precision": result.precision,
+        "runtime": result.runtime,
         "n_findings": len(result.findings), "predicted_class": result.predicted_class,
     }))
 
@@ -281,11 +284,13 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-stages", action="store_true")
     ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
                     help="the network's arithmetic (AnalysisOptions.precision)")
+    ap.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"),
+                    help="what runs the network (AnalysisOptions.runtime)")
     ap.add_argument("--child-stages", nargs=3, metavar=("CASE", "MODEL", "DEVICE"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    global PRECISION
-    PRECISION = args.precision
+    global PRECISION, RUNTIME
+    PRECISION, RUNTIME = args.precision, args.runtime
     if args.child_stages:
         child_stages(*args.child_stages)
         return 0
@@ -299,7 +304,8 @@ def main(argv=None) -> int:
         "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_before": [round(v, 2) for v in os.getloadavg()]},
-        "target": TARGET, "cli_used": _cli_available(), "precision": PRECISION, "results": []}
+        "target": TARGET, "cli_used": _cli_available(), "precision": PRECISION, "runtime": RUNTIME,
+        "results": []}
     with tempfile.TemporaryDirectory(prefix="chestctmtl-bench-models-") as tmp:
         models = {}
         if args.model:

@@ -341,8 +341,10 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
     n_batches = max(1, int(math.ceil(len(slices) / float(bs))))
     timings.update(preprocess=0.0, forward=0.0, map_back=0.0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    in_dtype = next(net.parameters()).dtype  # bfloat16 for a bfloat16 CPU network
-    tuner = _ThreadTuner(tune_threads and dev == "cpu")
+    # bfloat16 for a bfloat16 CPU network; an ONNX Runtime network says its own
+    in_dtype = getattr(net, "input_dtype", None) or next(net.parameters()).dtype
+    # ONNX Runtime fixes its threads when the session is made: the tuner is PyTorch's only
+    tuner = _ThreadTuner(tune_threads and dev == "cpu" and not hasattr(net, "session"))
     f0, span = fraction
     with torch.inference_mode():
         for bi in range(n_batches):

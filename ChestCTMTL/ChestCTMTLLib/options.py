@@ -32,6 +32,9 @@ DEVICES = ("auto", "cpu", "cuda")
 #: "auto": bfloat16 on a CPU with native bfloat16 (AMX or AVX512-BF16) and under CUDA autocast
 #: on a GPU, float32 elsewhere (see inference.resolve_precision).
 PRECISIONS = ("auto", "float32", "bfloat16")
+#: what runs the network: "auto" is ONNX Runtime for a float32 network on the CPU where it is
+#: installed, else PyTorch (see onnx_network.resolve_runtime)
+RUNTIMES = ("auto", "torch", "onnxruntime")
 
 
 class OptionError(errors.ChestCTMTLError, ValueError):
@@ -61,6 +64,7 @@ class AnalysisOptions:
     channels_last: bool = True
     num_threads: Union[None, int, str] = "auto"
     precision: str = "auto"
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         dev = str(self.device or "auto").lower()
@@ -73,6 +77,10 @@ class AnalysisOptions:
             raise OptionError("precision must be one of %s, got %r"
                               % (", ".join(PRECISIONS), self.precision))
         object.__setattr__(self, "precision", precision)
+        runtime = str(self.runtime or "auto").lower()
+        if runtime not in RUNTIMES:
+            raise OptionError("runtime must be one of %s, got %r" % (", ".join(RUNTIMES), self.runtime))
+        object.__setattr__(self, "runtime", runtime)
         if self.tasks is not None:
             if isinstance(self.tasks, str):
                 raise OptionError("tasks must be a list of task names, got the string %r" % self.tasks)

@@ -198,6 +198,7 @@ class AnalysisResult:
     timings_s: Dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "float32"  # the network's arithmetic (options.PRECISIONS, resolved)
+    runtime: str = "torch"  # what ran the network (options.RUNTIMES, resolved)
     slice_axis: int = 0  # numpy axis of volume.array that analysed_slices index (axial-most)
     lung_labels: Optional[np.ndarray] = None  # uint8 (k, j, i): 0, 1 right lung, 2 left lung
     lungs: dict = field(default_factory=dict)  # report.json "lungs" (volumes, method)
@@ -240,6 +241,7 @@ class AnalysisResult:
             "input": {"path": input_path or self.volume.source_path, **geometry},
             "device": self.device,
             "precision": self.precision,
+            "runtime": self.runtime,
             "lungs": self.lungs or None,
             "verdict": self.verdict or None,
             "involvement": self.involvement or None,

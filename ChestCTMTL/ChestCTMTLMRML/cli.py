@@ -23,7 +23,7 @@ import sys
 import traceback
 from typing import Callable, List, Optional
 
-from ChestCTMTLLib.options import DEVICES, PRECISIONS, RANGES, AnalysisOptions, OptionError
+from ChestCTMTLLib.options import DEVICES, PRECISIONS, RANGES, RUNTIMES, AnalysisOptions, OptionError
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -70,6 +70,10 @@ def add_analyze_arguments(parser: argparse.ArgumentParser, input_flag: bool = Fa
                         default=AnalysisOptions().precision, metavar="|".join(PRECISIONS),
                         help="the network's arithmetic (default auto: bfloat16 on a CPU with "
                              "native bfloat16 - AMX or AVX512-BF16 - and on a GPU, else float32)")
+    parser.add_argument("--runtime", type=_option_type("runtime", str),
+                        default=AnalysisOptions().runtime, metavar="|".join(RUNTIMES),
+                        help="what runs the network (default auto: ONNX Runtime for a float32 "
+                             "network on the CPU when onnxruntime and onnx are installed, else PyTorch)")
     parser.add_argument("--mrb", action="store_true",
                         help="also write <case>.mrb, a Slicer scene ready for review")
     low, high = RANGES["score_threshold"]
@@ -107,7 +111,8 @@ def options_from_args(args) -> AnalysisOptions:
     """The one AnalysisOptions a parsed command line stands for (raises OptionError)."""
     return AnalysisOptions(device=getattr(args, "device", None) or AnalysisOptions().device,
                            score_threshold=getattr(args, "score_threshold", None),
-                           precision=getattr(args, "precision", None) or "auto")
+                           precision=getattr(args, "precision", None) or "auto",
+                           runtime=getattr(args, "runtime", None) or "auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
