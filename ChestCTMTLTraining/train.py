@@ -69,9 +69,12 @@ def init_weights(model: MultiTaskNet, mcfg: ModelConfig, source, device,
     from ChestCTMTLLib.modelio import ModelLoadError, load_model
 
     path = Path(str(source)).expanduser()
-    if not path.exists():
-        from ChestCTMTLLib.registry import available_models
-        path = next((Path(m["path"]) for m in available_models() if m["id"] == str(source)), path)
+    if not path.exists():  # a registered model's id
+        from ChestCTMTLLib.registry import ModelNotFoundError, resolve_model_folder
+        try:
+            path = resolve_model_folder(str(source))
+        except ModelNotFoundError:
+            pass
     if path.is_dir() and (path / "checkpoint.pt").is_file():
         path = path / "checkpoint.pt"
     if path.is_dir():

@@ -344,7 +344,7 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
     # bfloat16 for a bfloat16 CPU network; an ONNX Runtime network says its own
     in_dtype = getattr(net, "input_dtype", None) or next(net.parameters()).dtype
     # ONNX Runtime fixes its threads when the session is made: the tuner is PyTorch's only
-    tuner = _ThreadTuner(tune_threads and dev == "cpu" and not hasattr(net, "session"))
+    tuner = _ThreadTuner(tune_threads and dev == "cpu" and not getattr(net, "fixed_threads", False))
     f0, span = fraction
     with torch.inference_mode():
         for bi in range(n_batches):

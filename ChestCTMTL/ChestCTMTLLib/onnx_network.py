@@ -23,7 +23,10 @@ import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
+import numpy as np
+
 from . import errors
+from .registry import sha256_file
 
 OPSET = 17
 
@@ -78,6 +81,7 @@ class OnnxNetwork:
 
         self.tasks, self.names, self.path, self.threads = tasks, names, path, int(threads)
         self.input_dtype = torch.float32
+        self.fixed_threads = True  # set when the session is made: no thread tuning
         self._torch = torch
         self._session = None
 
@@ -100,8 +104,6 @@ class OnnxNetwork:
     def __call__(self, x, tasks=None) -> Dict[str, object]:
         if tasks is not None and tuple(tasks) != self.tasks:
             raise ValueError("this ONNX graph was exported for tasks %s, not %s" % (self.tasks, tuple(tasks)))
-        import numpy as np
-
         feed = np.ascontiguousarray(x.detach().to("cpu", self._torch.float32).numpy())
         got = self.session.run(list(self.names), {"x": feed})
         return {n: self._torch.from_numpy(a) for n, a in zip(self.names, got)}
@@ -113,14 +115,6 @@ def _graph_key(loaded, tasks: Sequence[str]) -> str:
     ident = json.dumps({"sha256": loaded.identity.sha256, "tasks": list(tasks), "torch": torch.__version__,
                         "opset": OPSET, "architecture": loaded.config.to_dict()}, sort_keys=True)
     return "%s-%s" % (loaded.identity.id, hashlib.sha256(ident.encode()).hexdigest()[:16])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _export(net, tasks: Tuple[str, ...], path: Path) -> Tuple[str, ...]:
@@ -149,7 +143,7 @@ def _export(net, tasks: Tuple[str, ...], path: Path) -> Tuple[str, ...]:
             torch.onnx.export(_Fixed(net).eval(), (x,), tmp, input_names=["x"], output_names=list(names),
                               dynamic_axes={"x": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                               opset_version=OPSET, dynamo=False)
-        digest = _sha256(Path(tmp))
+        digest = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -164,7 +158,7 @@ def _export(net, tasks: Tuple[str, ...], path: Path) -> Tuple[str, ...]:
 def _cached(path: Path) -> Optional[Tuple[str, ...]]:
     try:
         record = json.loads(path.with_suffix(".json").read_text())
-        if path.is_file() and _sha256(path) == record["sha256"]:
+        if path.is_file() and sha256_file(path) == record["sha256"]:
             return tuple(record["outputs"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
