@@ -117,6 +117,27 @@ def test_the_reconstruction_is_kept_on_the_model_grid(analysed, small_ct):
         maps.to_hu(out=np.zeros(full.shape, np.int32))
 
 
+def test_a_float32_reconstruction_is_kept_in_16_bits_to_a_hundredth_of_a_hu():
+    import torch
+    from ChestCTMTLLib.network import ModelGridReconstruction as M
+
+    # known answers: the unit range's ends, values outside it (clipped, as to_hu clips), and a
+    # dense ramp whose stored value may differ from the float by half a step at most
+    ramp = torch.linspace(-0.1, 1.1, 100003, dtype=torch.float32)
+    assert M.storage_dtype(torch.float32) == torch.int16
+    assert M.storage_dtype(torch.bfloat16) == torch.bfloat16
+    stored = M.quantize(ramp, torch.int16)
+    assert stored.dtype == torch.int16 and stored.element_size() == 2
+    back = M(stored[None], np.zeros(1), None, None, (1, 1, 1), (-1000.0, 200.0))._unit_rows(0)
+    want = ramp.clamp(0.0, 1.0)
+    assert float(back.min()) == 0.0 and float(back.max()) == 1.0
+    err_hu = float((back - want).abs().max()) * 1200.0
+    assert err_hu <= 1200.0 / M.STEPS / 2 + 1e-4, err_hu
+    assert err_hu > 0.0  # it is a quantisation, stated as such
+    bf = ramp.to(torch.bfloat16)
+    assert bool((M.quantize(bf, torch.bfloat16) == bf).all())  # bfloat16 kept exactly
+
+
 def test_result_nodes_share_the_packed_lesions_and_leave_them_intact(analysed, tmp_path):
     from ChestCTMTLMRML import files, headless, nodes
 

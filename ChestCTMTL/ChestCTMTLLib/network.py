@@ -204,25 +204,56 @@ class ModelGridReconstruction:
     the volume it returns is the one the loop used to fill.
     """
 
+    #: A float32 reconstruction is kept as int16 steps of the unit range [0, 1] (the range
+    #: :meth:`to_hu` clips to anyway): half the bytes of a thin-slice scan's largest array on
+    #: a float32 CPU, and within (hi - lo) / 65535 / 2, about 0.01 HU for the default window,
+    #: of the float value before it is rounded to whole HU. bfloat16 is kept as it is.
+    STEPS = 65535
+
     def __init__(self, unit, slices: np.ndarray, geometry, view: AxialView, shape,
                  hu_window: Tuple[float, float]) -> None:
-        self.unit = unit  # torch tensor (n, S, S), float32 or bfloat16
+        self.unit = unit  # torch tensor (n, S, S): bfloat16, or int16 steps (see quantize)
         self.slices = np.asarray(slices, dtype=np.int64)
         self.geometry = geometry
         self.view = view
         self.shape = tuple(int(v) for v in shape)
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
 
+    @classmethod
+    def storage_dtype(cls, network_dtype):
+        """How a batch of the network's reconstruction in ``network_dtype`` is stored."""
+        import torch
+
+        return network_dtype if network_dtype == torch.bfloat16 else torch.int16
+
+    @classmethod
+    def quantize(cls, recon, dtype):
+        """One batch of unit reconstructions as :meth:`storage_dtype` says it is stored."""
+        import torch
+
+        if dtype != torch.int16:
+            return recon.to(dtype)
+        steps = torch.round(torch.clamp(recon.float(), 0.0, 1.0) * cls.STEPS) - 32768.0
+        return steps.to(torch.int16)
+
     @property
     def nbytes(self) -> int:
         return int(self.unit.numel() * self.unit.element_size())
+
+    def _unit_rows(self, rows):
+        import torch
+
+        unit = self.unit[rows]
+        if unit.dtype == torch.int16:
+            return (unit.float() + 32768.0) / float(self.STEPS)
+        return unit.float()
 
     def _slices_hu(self, rows):
         import torch
 
         lo, hi = self.hu_window
         with torch.inference_mode():  # out of place: the stored maps are never changed
-            hu = torch.clamp(self.unit[rows].float(), 0.0, 1.0) * (hi - lo) + lo
+            hu = torch.clamp(self._unit_rows(rows), 0.0, 1.0) * (hi - lo) + lo
             hu = self.geometry.to_input(hu[:, None], fill=float(AIR_HU))
             return torch.round(hu[:, 0]).clamp_(-32768, 32767).numpy().astype(np.int16)
 
@@ -379,12 +410,14 @@ def run_network(volume: CTVolume, loaded, net, dev: str, run_tasks, box_threshol
                     for ti, name in enumerate(infection_types):
                         type_prob[name][idx - k_lo] = tq[:, ti]
             if "recon" in out:
-                # kept on the model grid in the network's own dtype (exact: out["recon"] is
-                # that dtype widened); mapped to HU on the input grid when asked for
+                # kept on the model grid in 16 bits (bfloat16 exactly as the network made
+                # it, float32 as int16 steps); mapped to HU on the input grid when asked for
+                store = ModelGridReconstruction.storage_dtype(recon_dtype)
                 if recon_unit is None:
                     recon_unit = torch.empty((len(slices),) + tuple(out["recon"].shape[-2:]),
-                                             dtype=recon_dtype)
-                recon_unit[bi * bs:bi * bs + len(idx)] = out["recon"][:, 0].to(recon_dtype)
+                                             dtype=store)
+                recon_unit[bi * bs:bi * bs + len(idx)] = ModelGridReconstruction.quantize(
+                    out["recon"][:, 0], store)
             if "det_heatmap" in out:
                 dets = detections_from_outputs(out, config.det_stride, lesion_types,
                                                box_threshold, seg)
