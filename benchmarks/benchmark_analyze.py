@@ -215,9 +215,9 @@ def child_stages(case: str, model_dir: str, device: str) -> None:
     if files is not None:
         clock = _StageClock()
         clock.wrap(nodes, "create_result_nodes", "write: result nodes")
-        clock.wrap(files, "_write_with_storage_node",  # the NRRDs (the others: rows below)
-                   lambda node, path, *a, **k: ("write: " + Path(path).name
-                                                if Path(path).suffix == ".nrrd" else None))
+        clock.wrap(files, "_write_segmentation", lambda node, path: "write: " + Path(path).name)
+        clock.wrap(files, "_write_reconstruction",  # a thread beside the other writes
+                   "write: %s (in its own thread)" % files.RECONSTRUCTION_FILE)
         clock.wrap(files, "write_markups_file", "write: " + files.MARKUPS_FILE)
         clock.wrap(files, "write_findings_tsv", "write: " + files.FINDINGS_FILE)
         clock.wrap(files, "_write_json", lambda data, path: "write: " + Path(path).name)

@@ -109,9 +109,11 @@ def lesion_stage(outputs: "NetworkOutputs", canon_hu: np.ndarray, options: Analy
             prob["covid-infection"], allowed, spacing, rules, options.seg_threshold,
             options.min_island_mm3, near)
         del near
+    shape = allowed.shape
+    del allowed  # CT-crop-sized: the stages below need only its shape
     if "nodule-mass" in prob:
         # the overlay: every island of at least min_island_mm3 that lies mostly in a lung
-        overlay = np.zeros(allowed.shape, bool)
+        overlay = np.zeros(shape, bool)
         for c in nodules:
             if c.features.get("in_lung_fraction", 1.0) >= 0.5:
                 overlay[c.bbox] |= c.mask
@@ -119,8 +121,6 @@ def lesion_stage(outputs: "NetworkOutputs", canon_hu: np.ndarray, options: Analy
     if "covid-infection" in masks and lungs.found:
         # the margin is for nodules' edges only (slab by slab: no crop-sized temporary)
         _and_inside_lungs(masks["covid-infection"], lungs_c.labels)
-    shape = allowed.shape
-    del allowed  # CT-crop-sized: the stages below need only its shape
     check()
     # solid masses stand apart: neither part of a diffuse process nor of its burden
     masses = [c for c in nodules if is_solid_mass(c)]

@@ -273,6 +273,34 @@ class ModelGridReconstruction:
             canon[self.slices[rows]] = self._slices_hu(rows)
         return out
 
+    def hu_slabs(self, depth: int = 16):
+        """:meth:`to_hu` as consecutive slabs along the input array's first axis, for writing
+        a file without the whole HU volume in memory: yields ``(k0, slab)`` with ``slab`` the
+        int16 input slices ``k0 .. k0 + len(slab)``. When that axis is not the scan's axial
+        axis (a volume stored sagittal or coronal) every slab needs every slice, so the whole
+        volume comes as one slab."""
+        import torch
+
+        view = self.view
+        if view.perm[0] != 0:
+            yield 0, self.to_hu()
+            return
+        n = self.shape[0]
+        row_of = np.full(n, -1, dtype=np.int64)  # canonical slice -> row of self.unit
+        row_of[self.slices] = np.arange(len(self.slices))
+        # a slab's own view: rows and columns as the volume's; its slices in input order
+        slab_view = AxialView(view.perm, (False,) + tuple(view.flips[1:]), view.shape, view.spacing)
+        for k0 in range(0, n, max(1, int(depth))):
+            k1 = min(n, k0 + max(1, int(depth)))
+            slab = np.full((k1 - k0,) + self.shape[1:], AIR_HU, dtype=np.int16)
+            ks = np.arange(k0, k1)
+            rows = row_of[(n - 1 - ks) if view.flips[0] else ks]
+            local = np.flatnonzero(rows >= 0)
+            if local.size:
+                canon = slab_view.to_canonical(slab)
+                canon[local] = self._slices_hu(torch.from_numpy(rows[local]))
+            yield k0, slab
+
     def canonical_slice_hu(self, k: int) -> np.ndarray:
         """One canonical axial slice of :meth:`to_hu` (rows, cols) without building the volume."""
         hits = np.flatnonzero(self.slices == int(k))

@@ -6,7 +6,11 @@ lungs), ``reconstruction.nrrd``, ``findings.mrk.json``,
 ``report.json``, ``preview.png`` (a picture of the result for people, see
 ChestCTMTLLib.preview; skipped with a warning where matplotlib is missing, e.g. in a bare
 Slicer) and, on request, ``<case>.mrb``. The Slicer formats are written by the nodes'
-own storage nodes from slicer-core, i.e. by Slicer's code, so Slicer reads them back exactly.
+own storage nodes from slicer-core, i.e. by Slicer's code, so Slicer reads them back exactly;
+two are laid out here as those write them, to avoid their CT-sized copies: the segmentations
+of one shared layer (:mod:`.seg_nrrd`, with Slicer's NRRD writer) and the reconstruction,
+streamed slab by slab (:mod:`ChestCTMTLLib.nrrd_file`); tests hold both to the storage
+nodes' files.
 
 The folder is built under a hidden temporary name in the same parent and renamed into place
 at the end, so a crash, a bad input or a full disk never leaves a partial case folder behind.
@@ -23,7 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, List, Optional, Union
 
+import numpy as np
 
+from ChestCTMTLLib import nrrd_file
 from ChestCTMTLLib import preview as preview_png
 from ChestCTMTLLib.lungs import LUNG_NAMES
 from ChestCTMTLLib.results import FINDINGS_TSV_COLUMNS, AnalysisResult
@@ -142,36 +148,54 @@ def write_preview(result: AnalysisResult, path: Path, title: Optional[str] = Non
     return True
 
 
-class _PreviewInBackground:
-    """preview.png drawn now, in the caller's thread, and encoded in a thread of its own.
+class _InBackground:
+    """``work(*args)`` in a thread of its own; :meth:`finish` waits for it and raises what it
+    raised (or, with ``raise_error=False``, only waits: the caller's first failure is the one
+    reported)."""
 
-    The encoding (Pillow's zlib) does not hold the GIL, so it runs while the storage nodes
-    write the NRRD files; :meth:`finish` waits for it and raises what it raised.
-    """
-
-    def __init__(self, result: AnalysisResult, path: Path, title: Optional[str]) -> None:
+    def __init__(self, name: str, work: Callable, *args) -> None:
         self._errors: list = []
-        self._thread = None
-        if not preview_png.available():
-            _LOG.warning("matplotlib is not installed: %s not written", path.name)
-            return
-        drawn = preview_png.draw_preview(result, colors=_preview_colors(result), title=title)
-        self._thread = threading.Thread(target=self._save, args=(drawn, path), daemon=True,
-                                        name="chestctmtl-preview-png")
+        self._thread = threading.Thread(target=self._run, args=(work,) + args, daemon=True,
+                                        name=name)
         self._thread.start()
 
-    def _save(self, drawn, path: Path) -> None:
+    def _run(self, work: Callable, *args) -> None:
         try:
-            preview_png.save_drawn_png(drawn, path)
+            work(*args)
         except BaseException as exc:  # noqa: BLE001 - raised again in finish()
             self._errors.append(exc)
 
     def finish(self, raise_error: bool = True) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._thread.join()
         if self._errors and raise_error:
             raise self._errors.pop()
+
+
+def _preview_in_background(result: AnalysisResult, path: Path,
+                           title: Optional[str]) -> Optional[_InBackground]:
+    """preview.png drawn now, in the caller's thread, and encoded in a thread of its own
+    (Pillow's zlib does not hold the GIL, so it runs while the NRRD files are written);
+    None (and a warning) without matplotlib."""
+    if not preview_png.available():
+        _LOG.warning("matplotlib is not installed: %s not written", path.name)
+        return None
+    drawn = preview_png.draw_preview(result, colors=_preview_colors(result), title=title)
+    return _InBackground("chestctmtl-preview-png", preview_png.save_drawn_png, drawn, path)
+
+
+def _write_reconstruction(result: AnalysisResult, volume: CTVolume, path: Path) -> None:
+    """reconstruction.nrrd slab by slab from what the result holds (the network's maps are
+    mapped to HU one slab at a time: no CT-sized HU array, :mod:`ChestCTMTLLib.nrrd_file`)."""
+    source = result.reconstruction_source()
+    shape = volume.array.shape[:3]
+    if isinstance(source, np.ndarray):
+        slabs = ((k0, source[k0:k0 + 16]) for k0 in range(0, shape[0], 16))
+    else:
+        slabs = source.hu_slabs()
+    try:
+        nrrd_file.write_slabs(path, shape, volume.ijk_to_ras, slabs, np.int16)
+    except OSError as exc:
+        raise CaseWriteError("could not write {}: {}".format(path.name, exc)) from exc
 
 
 def _write_json(data: dict, path: Path) -> None:
@@ -195,8 +219,10 @@ def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: P
     volume_node = nodes.volume_node_from_ct(scene, volume, case_name, share=True)
     results = None
     try:
+        # a bundle holds the reconstruction node; otherwise the file is streamed (write_case)
         results = nodes.create_result_nodes(scene, volume_node, result,
-                                            options=nodes.ResultOptions(share_arrays=True))
+                                            options=nodes.ResultOptions(share_arrays=True,
+                                                                        reconstruction=mrb))
         if results.segmentation is not None:
             _write_segmentation(results.segmentation, folder / SEGMENTATION_FILE)
         if results.lungs is not None:
@@ -245,18 +271,26 @@ def write_case(scene, volume, result: AnalysisResult, case_dir: Union[str, Path]
     temporary = Path(tempfile.mkdtemp(prefix="." + case_dir.name + _PARTIAL_MARKER,
                                       dir=str(case_dir.parent)))
     try:
-        png = _PreviewInBackground(result, temporary / PREVIEW_FILE, case_dir.name) \
-            if preview else None
+        background: List[_InBackground] = []
         try:
+            if result.has_reconstruction and not mrb:
+                # compressed (GIL released) while the preview is drawn and the rest written
+                background.append(_InBackground("chestctmtl-reconstruction-nrrd",
+                                                _write_reconstruction, result, volume,
+                                                temporary / RECONSTRUCTION_FILE))
+            png = _preview_in_background(result, temporary / PREVIEW_FILE, case_dir.name) \
+                if preview else None
+            if png is not None:
+                background.append(png)
             with _working_scene(None if mrb else scene) as working:
                 _write_case_files(working, volume, result, temporary, case_dir.name, mrb,
                                   input_path)
         except BaseException:
-            if png is not None:
-                png.finish(raise_error=False)  # the first failure is the one reported
+            for job in background:
+                job.finish(raise_error=False)  # the first failure is the one reported
             raise
-        if png is not None:
-            png.finish()
+        for job in background:
+            job.finish()
         if extra_writer is not None:
             extra_writer(temporary)
         os.chmod(temporary, 0o777 & ~_umask())
