@@ -64,6 +64,10 @@ def test_shared_layer_file_is_the_storage_nodes_file(small_ct, tmp_path, which):
         ref_header, ref_voxels = _header_and_voxels(reference)
         assert header == ref_header
         assert voxels == ref_voxels
+        # compressed as the storage node compresses (a level of 0, e.g. from passing -1 to the
+        # writer's clamping setter, would store the voxels as they are)
+        assert fast.stat().st_size <= 1.05 * reference.stat().st_size + 64
+        assert fast.stat().st_size < 0.5 * len(voxels)
         # Slicer's reader gives every segment back with its voxels, name and terminology
         back = _read_back(fast, scene)
         for segment_id in seg_nrrd._segment_ids(node.GetSegmentation()):

@@ -74,14 +74,13 @@ def _single_shared_layer(segmentation) -> Optional[Tuple[object, object, List[in
 
 
 def write_shared_layer(segmentation_node, path: Union[str, Path],
-                       compression_level: int = 1) -> bool:
+                       compression_level: Optional[int] = None) -> bool:
     """Write ``segmentation_node`` to ``path`` (a .seg.nrrd, gzip) from its one shared layer;
-    False (nothing written) when it is not such a segmentation. ``compression_level``: zlib's,
-    1 (fastest) by default: the storage node passes the writer's default, -1, which this
-    writer (Libs/vtkTeem/vtkTeemNRRDWriter.cxx, v5.8.0 to v5.12.x: ``nio->zlibLevel =
-    CompressionLevel``) turns into uncompressed deflate blocks in the slicer-core build, a
-    68 MB file for a 512 x 512 x 261 labelmap that level 1 stores in 0.3 MB. Any level reads
-    back alike."""
+    False (nothing written) when it is not such a segmentation. ``compression_level``: zlib's
+    0 to 9; None keeps the writer's default, -1 = zlib's default level, as the storage node
+    does (it never sets a level). Never pass -1: vtkTeemNRRDWriter's setter clamps to 0..9
+    (``vtkSetClampMacro(CompressionLevel, int, 0, 9)``, Libs/vtkTeem/vtkTeemNRRDWriter.h,
+    v5.8.0 to v5.12.x), and level 0 writes stored, uncompressed deflate blocks."""
     segmentation = segmentation_node.GetSegmentation()
     found = _single_shared_layer(segmentation)
     if found is None:
@@ -95,7 +94,8 @@ def write_shared_layer(segmentation_node, path: Union[str, Path],
     writer = slicer.vtkTeemNRRDWriter()
     writer.SetFileName(str(path))
     writer.SetUseCompression(True)
-    writer.SetCompressionLevel(int(compression_level))
+    if compression_level is not None:
+        writer.SetCompressionLevel(int(compression_level))
     writer.vtkSetSpaceToLPS()  # the space the storage node writes segmentations in
     writer.SetMeasurementFrameMatrix(None)
     writer.SetAttribute("Segmentation_ReferenceImageExtentOffset", _extent_text(offset))
