@@ -4,8 +4,9 @@
 needs, from three kinds of material kept apart from the whole-CT validation scans:
 
 * **temperature** of the slice classifier: held-out labelled slices the model never trained
-  on - the config's validation split of IQ-OTH/NCCD and COVID-SemiSeg plus every SARS-CoV-2
-  CT slice (another hospital; never used in training). Whole-CT validation scans
+  on - the config's validation split of IQ-OTH/NCCD and COVID-SemiSeg plus the SARS-CoV-2 CT
+  slices: every one where the recipe does not train on that hospital (``default``), its
+  validation split where it does (``v3_sources``). Whole-CT validation scans
   (LIDC-IDRI-0002 ...) are excluded;
 * **nodule shape rules**: percentiles of 3D shape features over the expert-outlined LIDC nodule
   VOIs, re-sliced to each slice thickness (:func:`ChestCTMTLLib.calibration.fit_shape_rules`);
@@ -52,7 +53,10 @@ def slice_probabilities(loaded, data: str = "default", device: str = "cpu",
 
     cfg = load_config(data)
     specs = [dict(s) for s in cfg["sources"] if s.get("name") in TEMPERATURE_SOURCES]
-    specs.append(dict(SARSCOV2_SPEC))
+    # a recipe that trains on SARS-CoV-2 CT (v3) gives its validation split; otherwise every
+    # slice is unseen
+    trained = [dict(s) for s in cfg["sources"] if s.get("name") == SARSCOV2_SPEC["name"]]
+    specs += trained or [dict(SARSCOV2_SPEC)]
     if max_per_source:
         for s in specs:
             s["max_samples"] = int(max_per_source)

@@ -169,3 +169,30 @@ def test_explanation_names_the_finding_and_its_ratio():
                  nod, none, cal, "L3")
     text = explain(out)
     assert "L3" in text and "cancer x19" in text and "no diffuse bilateral process" in text
+
+
+@pytest.mark.parametrize("recipe,expected", [("default", {"mode": "all"}),
+                                             ("v3_sources", None)])
+def test_temperature_slices_are_never_training_slices(recipe, expected, monkeypatch):
+    """SARS-CoV-2 CT is unseen by the default recipe (all its slices fit the temperature) but
+    trained on by v3 (only its validation split may)."""
+    from ChestCTMTLTraining import calibrate, loading
+    from ChestCTMTLTraining.config import load_config
+
+    seen = {}
+
+    def capture(cfg, split, representation, lesion_types, specs):
+        seen.update(split=split, specs={s["name"]: s for s in specs})
+        raise StopIteration
+
+    monkeypatch.setattr(loading, "load_split", capture)
+    with pytest.raises(StopIteration):
+        calibrate.slice_probabilities(type("Loaded", (), {"representation": None, "config": type(
+            "Config", (), {"lesion_types": ()})})(), data=recipe)
+    sars = seen["specs"]["sarscov2-ct"]
+    assert seen["split"] == "val"
+    if expected is None:
+        recipe_spec = next(s for s in load_config(recipe)["sources"] if s["name"] == "sarscov2-ct")
+        assert sars["holdout"] == recipe_spec["holdout"] and sars["holdout"]["mode"] != "all"
+    else:
+        assert sars["holdout"] == expected
