@@ -68,6 +68,10 @@ def test_shared_layer_file_is_the_storage_nodes_file(small_ct, tmp_path, which):
         # writer's clamping setter, would store the voxels as they are)
         assert fast.stat().st_size <= 1.05 * reference.stat().st_size + 64
         assert fast.stat().st_size < 0.5 * len(voxels)
+        quick = tmp_path / "quick.seg.nrrd"  # the level the case files use
+        assert seg_nrrd.write_shared_layer(node, quick, compression_level=1)
+        assert _header_and_voxels(quick) == (header, voxels)
+        assert quick.stat().st_size < 0.5 * len(voxels)
         # Slicer's reader gives every segment back with its voxels, name and terminology
         back = _read_back(fast, scene)
         for segment_id in seg_nrrd._segment_ids(node.GetSegmentation()):

@@ -92,7 +92,9 @@ def _write_segmentation(node, path: Path) -> None:
     gives) written from that layer, without the storage node's CT-sized copies
     (:mod:`.seg_nrrd`)."""
     try:
-        if seg_nrrd.write_shared_layer(node, path):
+        # zlib level 1: ~0.2 s less per file than the default level on a 512 x 512 x 261
+        # labelmap (0.7 MB instead of 0.07 MB), CPU the reconstruction's thread uses meanwhile
+        if seg_nrrd.write_shared_layer(node, path, compression_level=1):
             return
     except OSError as exc:
         raise CaseWriteError(str(exc)) from exc
