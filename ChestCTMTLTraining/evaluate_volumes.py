@@ -36,18 +36,13 @@ from ChestCTMTLLib.results import CLASS_NAMES
 
 from .sources.base import json_default
 from .metrics import confusion, detection_summary, scan_detection
+from .volume_report import (INFECTION, ROLES, plot_confusion, plot_froc, plot_scan, ras_to_ijk,
+                            write_report, write_scans_tsv)
 
 log = logging.getLogger("ChestCTMTLTraining")
 
-ROLES = ("calibration", "validation")
-GROUPS = ROLES + ("all",)
 SAMPLE_PREFIX = "sample:"
 DEFAULT_MIN_LESION_MM3 = 14.0  # a 3 mm sphere: LIDC's lower limit for outlined nodules
-INFECTION = "covid-infection"
-SCANS_TSV_COLUMNS = (
-    "name", "role", "class", "verdict", "p_non-covid", "p_covid", "p_cancer", "findings",
-    "findings_at_op", "nodule_fp_at_op", "lesions", "lesions_found_at_op", "outside_lung_at_op",
-    "outside_lung_all", "right_lung_ml", "left_lung_ml", "seconds")
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -211,13 +206,6 @@ def read_slice_labels(path: Path) -> Dict[int, int]:
 
 
 # --------------------------------------------------------------------------- per scan
-def ras_to_ijk(volume, points) -> np.ndarray:
-    """(N, 3) RAS mm -> (N, 3) continuous (i, j, k) indices of ``volume``."""
-    pts = np.atleast_2d(np.asarray(points, float))
-    inv = np.linalg.inv(np.asarray(volume.ijk_to_ras, float))
-    return pts @ inv[:3, :3].T + inv[:3, 3]
-
-
 def outside_lung_ids(result, findings) -> Optional[List[str]]:
     """Ids of ``findings`` whose centre voxel is not in ``result.lung_labels`` (None: no lungs)."""
     labels = result.lung_labels
@@ -423,9 +411,6 @@ def evaluate_volumes(model=None, manifest="volumes", output="runs/eval-volumes",
 
     from ChestCTMTLLib.inference import Analyzer
     from ChestCTMTLLib.options import AnalysisOptions
-
-    # the pictures and tables (imported here: that module builds on this one's names)
-    from .volume_report import plot_confusion, plot_froc, plot_scan, write_report, write_scans_tsv
 
     t_start = time.time()
     specs, min_mm3, manifest_path = load_manifest(manifest)

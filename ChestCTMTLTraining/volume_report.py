@@ -1,5 +1,6 @@
 """The whole-CT evaluation's pictures and tables: FROC, confusion, one picture per scan,
-``scans.tsv`` and ``report.md`` (:mod:`.evaluate_volumes` computes what they show)."""
+``scans.tsv`` and ``report.md`` (:mod:`.evaluate_volumes` computes what they show, and takes
+the names both use from here)."""
 from __future__ import annotations
 
 import os
@@ -11,8 +12,23 @@ import numpy as np
 from ChestCTMTLLib.paths import atomic_write_text
 from ChestCTMTLLib.results import CLASS_NAMES
 
-from .evaluate_volumes import GROUPS, INFECTION, SCANS_TSV_COLUMNS, ras_to_ijk
 from .metrics import FROC_RATES, froc
+
+#: scan roles of a manifest, and the groups every table reports
+ROLES = ("calibration", "validation")
+GROUPS = ROLES + ("all",)
+INFECTION = "covid-infection"
+SCANS_TSV_COLUMNS = (
+    "name", "role", "class", "verdict", "p_non-covid", "p_covid", "p_cancer", "findings",
+    "findings_at_op", "nodule_fp_at_op", "lesions", "lesions_found_at_op", "outside_lung_at_op",
+    "outside_lung_all", "right_lung_ml", "left_lung_ml", "seconds")
+
+
+def ras_to_ijk(volume, points) -> np.ndarray:
+    """(N, 3) RAS mm -> (N, 3) continuous (i, j, k) indices of ``volume``."""
+    pts = np.atleast_2d(np.asarray(points, float))
+    inv = np.linalg.inv(np.asarray(volume.ijk_to_ras, float))
+    return pts @ inv[:3, :3].T + inv[:3, 3]
 
 
 # --------------------------------------------------------------------------- pictures
