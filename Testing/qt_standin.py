@@ -6,9 +6,10 @@ answers.
 It follows what the widget code relies on in Slicer, and nothing more:
 
 * Widgets are built by ``slicer.util.loadUI`` (the slicer-core wheel's own ``util.py``, Slicer's
-  ``Base/Python/slicer/util.py``) through :class:`QUiLoader`, which reads the .ui XML: class,
-  objectName, properties (text, checked, toolTip, minimum/maximum/value) and dynamic properties
-  (``SlicerParameterName``). ``childWidgetVariables`` and ``findChildren`` are Slicer's own.
+  ``Base/Python/slicer/util.py``) through ``QUiLoader`` (:mod:`qt_standin_ui`), which reads
+  the .ui XML: class, objectName, properties (text, checked, toolTip, minimum/maximum/value)
+  and dynamic properties (``SlicerParameterName``). ``childWidgetVariables`` and
+  ``findChildren`` are Slicer's own.
 * Qt properties are attributes, as PythonQt exposes them (``combo.count``,
   ``table.rowCount``, ``timer.interval``); everything else is a method.
 * Signals: PythonQt's two spellings, ``w.connect("clicked(bool)", slot)`` and
@@ -36,7 +37,6 @@ import inspect
 import logging
 import sys
 import types
-import xml.etree.ElementTree as ET
 from typing import Callable, Dict, List
 
 __all__ = ["activate", "fire_timers", "App"]
@@ -515,79 +515,6 @@ def fire_timers() -> int:
     return fired
 
 
-# ------------------------------------------------------------------------------ .ui loading
-WIDGET_CLASSES = {cls.__name__: cls for cls in (
-    QWidget, QLabel, QPushButton, QCheckBox, ctkCollapsibleButton, QLineEdit, QProgressBar,
-    ctkSliderWidget, QComboBox, qMRMLWidget, qMRMLNodeComboBox, QTableWidget)}
-LAYOUT_CLASSES = {cls.__name__: cls for cls in (QVBoxLayout, QHBoxLayout, QFormLayout)}
-
-
-def _value(prop: ET.Element):
-    child = list(prop)[0]
-    if child.tag == "bool":
-        return child.text == "true"
-    if child.tag in ("double",):
-        return float(child.text)
-    if child.tag == "number":
-        return int(child.text)
-    if child.tag == "stringlist":
-        return [s.text or "" for s in child.findall("string")]
-    return child.text or ""
-
-
-class QFile:
-    ReadOnly = 1
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def exists(self) -> bool:
-        import os
-
-        return os.path.isfile(self.path)
-
-    def open(self, mode) -> bool:
-        return True
-
-
-class QUiLoader:
-    """Builds the widget tree of a Qt Designer file (no layouting: geometry is not stood in)."""
-
-    def load(self, qfile):
-        root = ET.parse(qfile.path).getroot().find("widget")
-        return self._build(root, None)
-
-    def _build(self, element, parent):
-        cls = WIDGET_CLASSES.get(element.get("class"))
-        if cls is None:
-            raise RuntimeError("the Qt stand-in has no widget class %r" % element.get("class"))
-        widget = cls(parent)
-        widget.name = widget.objectName = element.get("name")
-        for prop in element.findall("property"):
-            value = _value(prop)
-            if prop.get("stdset") == "0":
-                widget.setProperty(prop.get("name"), value)
-            elif prop.get("name") in ("text", "toolTip", "checked", "checkable", "enabled",
-                                      "minimum", "maximum", "value", "singleStep", "decimals",
-                                      "nodeTypes", "noneEnabled", "collapsed"):
-                setattr(widget, prop.get("name"), value)
-        self._children(element, widget)
-        return widget
-
-    def _children(self, element, widget):
-        for child in element:
-            if child.tag == "widget":
-                self._build(child, widget)
-            elif child.tag == "layout":
-                layout = LAYOUT_CLASSES.get(child.get("class"), QVBoxLayout)(widget)
-                layout.name = child.get("name")
-                widget._children.append(layout)
-                for item in child.findall("item"):
-                    self._children(item, widget)
-            elif child.tag == "item":
-                self._children(child, widget)
-
-
 # ------------------------------------------------------------------------------ namespaces
 class Qt:
     UserRole = 0x0100
@@ -714,6 +641,8 @@ class App(QObject):
 
 
 def _qt_module() -> types.ModuleType:
+    from qt_standin_ui import LAYOUT_CLASSES, WIDGET_CLASSES, QFile, QUiLoader
+
     module = types.ModuleType("qt")
     module.__chestctmtl_qt_standin__ = True
     for name, obj in list(WIDGET_CLASSES.items()) + list(LAYOUT_CLASSES.items()) + [

@@ -290,8 +290,9 @@ class ModelGridReconstruction:
         row_of[self.slices] = np.arange(len(self.slices))
         # a slab's own view: rows and columns as the volume's; its slices in input order
         slab_view = AxialView(view.perm, (False,) + tuple(view.flips[1:]), view.shape, view.spacing)
-        for k0 in range(0, n, max(1, int(depth))):
-            k1 = min(n, k0 + max(1, int(depth)))
+        depth = max(1, int(depth))
+        for k0 in range(0, n, depth):
+            k1 = min(n, k0 + depth)
             slab = np.full((k1 - k0,) + self.shape[1:], AIR_HU, dtype=np.int16)
             ks = np.arange(k0, k1)
             rows = row_of[(n - 1 - ks) if view.flips[0] else ks]

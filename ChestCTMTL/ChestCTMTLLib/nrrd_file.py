@@ -27,6 +27,8 @@ _NRRD_TYPES = {np.dtype(np.int16): "short", np.dtype(np.uint8): "unsigned char",
                np.dtype(np.float32): "float"}
 #: RAS -> LPS, the space Slicer writes volumes in
 _LPS = np.diag([-1.0, -1.0, 1.0])
+#: slices per slab: 8 MB of int16 at 512 x 512, enough for zlib to run long without the GIL
+SLAB_DEPTH = 16
 
 
 def _number(value: float) -> str:
@@ -60,6 +62,11 @@ def header(shape_kji, ijk_to_ras, dtype) -> bytes:
         lines.append("endian: little")
     lines += ["encoding: gzip", "space origin: " + _vector(origin)]
     return ("\n".join(lines) + "\n\n").encode("ascii")
+
+
+def array_slabs(array: np.ndarray, depth: int = SLAB_DEPTH):
+    """``(k0, view)`` slabs of an array that is already whole, for :func:`write_slabs`."""
+    return ((k0, array[k0:k0 + depth]) for k0 in range(0, array.shape[0], depth))
 
 
 def write_slabs(path: Union[str, Path], shape_kji, ijk_to_ras,

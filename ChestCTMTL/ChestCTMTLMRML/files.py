@@ -191,9 +191,9 @@ def _write_reconstruction(result: AnalysisResult, volume: CTVolume, path: Path) 
     source = result.reconstruction_source()
     shape = volume.array.shape[:3]
     if isinstance(source, np.ndarray):
-        slabs = ((k0, source[k0:k0 + 16]) for k0 in range(0, shape[0], 16))
+        slabs = nrrd_file.array_slabs(source)
     else:
-        slabs = source.hu_slabs()
+        slabs = source.hu_slabs(nrrd_file.SLAB_DEPTH)
     try:
         nrrd_file.write_slabs(path, shape, volume.ijk_to_ras, slabs, np.int16)
     except OSError as exc:
