@@ -332,3 +332,52 @@ def test_the_command_ends_without_interpreter_teardown(tmp_path, model_dir):
     assert "0 inputs analysed, 1 failed" in run.stdout
     assert "interpreter teardown" not in run.stdout
     assert "missing.nrrd" in run.stderr
+
+
+def test_the_reconstruction_is_compressed_while_the_lung_stages_run(
+        tmp_path, model_dir, small_nifti, monkeypatch):
+    """The batch starts reconstruction.nrrd's voxels as soon as the network has run (before
+    the lung and candidate stages, which use one core), and the file it writes is the one
+    written after the analysis, byte for byte. A failed write (here: the preview) leaves no
+    case and closes the compression; a bundle (--mrb) builds the node instead and starts none."""
+    from ChestCTMTLLib import inference, nrrd_file
+    from ChestCTMTLMRML import batch
+
+    events, made = [], []
+    real_ahead, real_stage = files.reconstruction_ahead, inference.lesion_stage
+
+    def recording_ahead(volume, source):
+        events.append("reconstruction")
+        made.append(real_ahead(volume, source))
+        return made[-1]
+
+    def recording_stage(*args, **kwargs):
+        events.append("lung stage")
+        return real_stage(*args, **kwargs)
+
+    monkeypatch.setattr(files, "reconstruction_ahead", recording_ahead)
+    monkeypatch.setattr(inference, "lesion_stage", recording_stage)
+    analyzer = inference.Analyzer(model_dir, device="cpu", num_threads=1)
+    case, result = batch.analyze_one(small_nifti, tmp_path / "out", analyzer, preview=False)
+    assert events == ["reconstruction", "lung stage"]
+    assert made[0].source is result.reconstruction_source()
+    direct = tmp_path / "direct.nrrd"
+    nrrd_file.write_slabs(direct, result.volume.array.shape, result.volume.ijk_to_ras,
+                          result.reconstruction_source().hu_slabs(nrrd_file.SLAB_DEPTH))
+    assert (case / files.RECONSTRUCTION_FILE).read_bytes() == direct.read_bytes()
+    with pytest.raises(ValueError, match="closed"):  # closed by the batch once written
+        made[0].write(tmp_path / "again.nrrd")
+
+    def failing_preview(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files, "_preview_in_background", failing_preview)
+    with pytest.raises(OSError, match="disk full"):
+        batch.analyze_one(small_nifti, tmp_path / "failed", analyzer)
+    assert len(made) == 2 and made[1]._body.closed
+    assert not (tmp_path / "failed").exists() or list((tmp_path / "failed").iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(files, "reconstruction_ahead", recording_ahead)
+    case, _ = batch.analyze_one(small_nifti, tmp_path / "bundle", analyzer, mrb=True,
+                                preview=False)
+    assert len(made) == 2 and (case / "small.mrb").is_file()

@@ -138,3 +138,52 @@ def test_the_case_files_reconstruction_is_the_results(tmp_path, small_ct):
     np.testing.assert_array_equal(read.array, result.reconstruction_hu)
     np.testing.assert_allclose(read.ijk_to_ras, small_ct.ijk_to_ras, atol=1e-6)
     assert sorted(p.name for p in case.iterdir() if p.name.startswith(".")) == []
+
+
+def test_voxels_compressed_ahead_give_the_same_file_byte_for_byte(tmp_path):
+    maps = _synthetic_reconstruction((0, 1, 2), (True, True, False), torch.float32)
+    ijk_to_ras = np.diag([0.7, 0.7, 2.5, 1.0])
+    direct = tmp_path / "direct.nrrd"
+    nrrd_file.write_slabs(direct, maps.shape, ijk_to_ras, maps.hu_slabs(depth=5))
+    ahead = nrrd_file.SlabsAhead(maps.shape, ijk_to_ras, maps.hu_slabs(depth=5), source=maps)
+    try:
+        assert ahead.source is maps
+        ahead.write(tmp_path / "ahead.nrrd")
+    finally:
+        ahead.close()
+    assert (tmp_path / "ahead.nrrd").read_bytes() == direct.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ahead.nrrd", "direct.nrrd"]
+    with pytest.raises(ValueError, match="closed"):
+        ahead.write(tmp_path / "again.nrrd")
+    assert not (tmp_path / "again.nrrd").exists()
+
+
+def test_a_compression_ahead_reports_a_bad_slab_and_stops_when_closed(tmp_path):
+    import threading
+
+    bad = [(0, np.zeros((2, 3, 4), np.int16)), (3, np.zeros((2, 3, 4), np.int16))]
+    ahead = nrrd_file.SlabsAhead((4, 3, 4), np.eye(4), iter(bad))
+    with pytest.raises(ValueError, match="does not continue"):
+        ahead.write(tmp_path / "r.nrrd")
+    ahead.close()
+    # closed while compressing: it stops at the next slab instead of running to the end
+    gate, made = threading.Event(), []
+
+    def endless():
+        k0 = 0
+        while True:
+            made.append(k0)
+            if k0 == 2:
+                gate.wait(10)
+            yield k0, np.zeros((1, 3, 4), np.int16)
+            k0 += 1
+
+    ahead = nrrd_file.SlabsAhead((10 ** 6, 3, 4), np.eye(4), endless())
+    while len(made) < 3:
+        threading.Event().wait(0.01)
+    gate.set()
+    ahead.close()
+    assert len(made) <= 4
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="no NRRD type"):
+        nrrd_file.SlabsAhead((1, 1, 1), np.eye(4), iter([]), dtype=np.float64)

@@ -283,10 +283,15 @@ class Analyzer:
 
     def apply(self, volume: CTVolume, progress: Optional[ProgressCallback] = None,
               cancel: Union[None, Callable[[], bool], threading.Event] = None,
-              lobes: Optional[Dict[str, np.ndarray]] = None) -> AnalysisResult:
+              lobes: Optional[Dict[str, np.ndarray]] = None,
+              reconstruction_ready: Optional[Callable[[object], None]] = None) -> AnalysisResult:
         """Analyse ``volume``. ``lobes``: lobe name -> bool mask on the volume's grid (from another
         segmenter, :mod:`.lobes_io`); with all five, involvement adds per-lobe percentages and the
-        Pan et al. score. Raises ValueError for lobe masks that are not on the volume's grid."""
+        Pan et al. score. Raises ValueError for lobe masks that are not on the volume's grid.
+        ``reconstruction_ready(maps)`` is called with the reconstruction (what the result's
+        ``reconstruction_source()`` will be; not with a model or tasks without one) as soon as
+        the network has run, before the lung and candidate stages: a writer can start on its
+        file there, beside stages that use one core. It must not change ``maps``."""
         import torch
 
         for name, mask in (lobes or {}).items():
@@ -300,7 +305,7 @@ class Analyzer:
         try:
             if opts.num_threads not in (None, "auto"):
                 torch.set_num_threads(int(opts.num_threads))
-            return self._apply(volume, progress, cancel, lobes)
+            return self._apply(volume, progress, cancel, lobes, reconstruction_ready)
         finally:
             torch.set_num_threads(previous)
 
@@ -331,7 +336,8 @@ class Analyzer:
                 whole, lungs.spacing)
         return result
 
-    def _apply(self, volume, progress, cancel, lobes=None) -> AnalysisResult:
+    def _apply(self, volume, progress, cancel, lobes=None,
+               reconstruction_ready=None) -> AnalysisResult:
         from .verdict import decide, lung_slice_selection
 
         opts, loaded, dev = self.options, self.loaded, self.device
@@ -361,6 +367,8 @@ class Analyzer:
         if hasattr(net, "release"):  # ONNX Runtime: its arena goes before the CT-sized stages
             net.release()
         release_free_memory()  # the batches' blocks, before the stages that need the room
+        if reconstruction_ready is not None and outputs.reconstruction is not None:
+            reconstruction_ready(outputs.reconstruction)
 
         prog(0.82, "Segmenting the lungs")
         view = outputs.view

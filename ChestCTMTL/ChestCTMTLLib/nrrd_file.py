@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import tempfile
+import threading
 from pathlib import Path
-from typing import Iterable, Tuple, Union
+from typing import Iterable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -29,6 +32,9 @@ _NRRD_TYPES = {np.dtype(np.int16): "short", np.dtype(np.uint8): "unsigned char",
 _LPS = np.diag([-1.0, -1.0, 1.0])
 #: slices per slab: 8 MB of int16 at 512 x 512, enough for zlib to run long without the GIL
 SLAB_DEPTH = 16
+#: slices per slab of :class:`SlabsAhead`, which runs beside the CT-sized lung stages: smaller
+#: slabs keep its temporaries (HU mapping in float32 at the input's size) off their peak
+AHEAD_SLAB_DEPTH = 4
 
 
 def _number(value: float) -> str:
@@ -69,6 +75,39 @@ def array_slabs(array: np.ndarray, depth: int = SLAB_DEPTH):
     return ((k0, array[k0:k0 + depth]) for k0 in range(0, array.shape[0], depth))
 
 
+def _compress_slabs(packed, shape, dtype, slabs: Iterable[Tuple[int, np.ndarray]],
+                    stop: Optional[threading.Event] = None) -> None:
+    """Each slab, checked to continue the volume, into the gzip stream ``packed``."""
+    expected = 0
+    for k0, slab in slabs:
+        if stop is not None and stop.is_set():
+            raise _Stopped()
+        slab = np.asarray(slab)
+        if int(k0) != expected or slab.shape[1:] != shape[1:] or slab.dtype != dtype:
+            raise ValueError("slab at %d of shape %s %s does not continue a %s %s "
+                             "volume at %d" % (k0, slab.shape, slab.dtype, shape, dtype, expected))
+        packed.write(np.ascontiguousarray(slab).astype("<" + dtype.str[1:], copy=False).data)
+        expected += slab.shape[0]
+    if expected != shape[0]:
+        raise ValueError("slabs covered %d of %d slices" % (expected, shape[0]))
+
+
+def _atomic_write(path: Path, fill) -> None:
+    """``fill(raw)`` into a hidden file beside ``path``, renamed into place: a failure leaves
+    nothing."""
+    partial = path.with_name("." + path.name + ".partial")
+    try:
+        with open(partial, "wb") as raw:
+            fill(raw)
+        os.replace(partial, path)
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
+
+
 def write_slabs(path: Union[str, Path], shape_kji, ijk_to_ras,
                 slabs: Iterable[Tuple[int, np.ndarray]], dtype=np.int16,
                 compression_level: int = 1) -> None:
@@ -77,31 +116,77 @@ def write_slabs(path: Union[str, Path], shape_kji, ijk_to_ras,
 
     Written to a hidden file beside ``path`` and renamed into place: a failure leaves nothing.
     """
-    path = Path(path)
     dtype = np.dtype(dtype)
     shape = tuple(int(v) for v in shape_kji)
-    partial = path.with_name("." + path.name + ".partial")
-    expected = 0
-    try:
-        with open(partial, "wb") as raw:
-            raw.write(header(shape, ijk_to_ras, dtype))
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                               compresslevel=int(compression_level), mtime=0) as packed:
-                for k0, slab in slabs:
-                    slab = np.asarray(slab)
-                    if int(k0) != expected or slab.shape[1:] != shape[1:] or slab.dtype != dtype:
-                        raise ValueError("slab at %d of shape %s %s does not continue a %s %s "
-                                         "volume at %d" % (k0, slab.shape, slab.dtype, shape,
-                                                           dtype, expected))
-                    packed.write(np.ascontiguousarray(slab).astype("<" + dtype.str[1:],
-                                                                    copy=False).data)
-                    expected += slab.shape[0]
-            if expected != shape[0]:
-                raise ValueError("slabs covered %d of %d slices" % (expected, shape[0]))
-        os.replace(partial, path)
-    except BaseException:
+
+    def fill(raw) -> None:
+        raw.write(header(shape, ijk_to_ras, dtype))
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                           compresslevel=int(compression_level), mtime=0) as packed:
+            _compress_slabs(packed, shape, dtype, slabs)
+
+    _atomic_write(Path(path), fill)
+
+
+class _Stopped(Exception):
+    """A compression ahead that was closed before it finished."""
+
+
+class SlabsAhead:
+    """The voxels of a gzip NRRD compressed ahead, in a thread of their own, before the file's
+    folder exists; :meth:`write` then puts header and voxels into place.
+
+    Why: the batch knows the reconstruction as soon as the network has run, while the lung and
+    candidate stages that follow use one core. Compressing it then (zlib and torch release the
+    GIL) takes it off the end of the analysis, where the case's files wait for it. The voxels
+    go to an unnamed temporary file (deleted when closed, or when the process ends however it
+    ends: nothing half-made is ever visible), not to memory, so peak memory does not grow with
+    the scan. :meth:`write` gives the file :func:`write_slabs` writes, byte for byte.
+    Always :meth:`close` it (also after :meth:`write`); closing one still compressing stops it
+    at the next slab.
+    """
+
+    def __init__(self, shape_kji, ijk_to_ras, slabs: Iterable[Tuple[int, np.ndarray]],
+                 dtype=np.int16, compression_level: int = 1, source: object = None) -> None:
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(int(v) for v in shape_kji)
+        self.ijk_to_ras = np.array(ijk_to_ras, dtype=np.float64).reshape(4, 4)
+        #: what the voxels were made from (the caller's check that they are still the ones wanted)
+        self.source = source
+        header(self.shape, self.ijk_to_ras, self.dtype)  # an unknown dtype fails here, at once
+        self._body = tempfile.TemporaryFile(prefix="chestctmtl-slabs-")
+        self._stop = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._compress, name="chestctmtl-slabs-ahead",
+                                        args=(slabs, int(compression_level)))
+        self._thread.start()
+
+    def _compress(self, slabs, level: int) -> None:
         try:
-            os.unlink(partial)
-        except OSError:
-            pass
-        raise
+            with gzip.GzipFile(filename="", mode="wb", fileobj=self._body, compresslevel=level,
+                               mtime=0) as packed:
+                _compress_slabs(packed, self.shape, self.dtype, slabs, self._stop)
+        except BaseException as exc:  # noqa: BLE001 - raised again by write()
+            self._error = exc
+
+    def write(self, path: Union[str, Path]) -> None:
+        """Wait for the voxels and write the NRRD to ``path`` (atomically); raises what the
+        compression raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._body.closed:
+            raise ValueError("this compression was closed")
+
+        def fill(raw) -> None:
+            raw.write(header(self.shape, self.ijk_to_ras, self.dtype))
+            self._body.seek(0)
+            shutil.copyfileobj(self._body, raw, 1 << 22)
+
+        _atomic_write(Path(path), fill)
+
+    def close(self) -> None:
+        """Stop (at the next slab) and drop the compressed voxels."""
+        self._stop.set()
+        self._thread.join()
+        self._body.close()

@@ -185,7 +185,9 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
     lesions.seg.dcm + findings.sr.dcm (a DICOM series input only: checked before the
     analysis). ``read()`` gives the input's CTVolume (default: ``read_ct(input_path)``);
     ``analysed()`` is called once the analysis is done, before writing (the batch starts the
-    next read there). Raises on failure, and then nothing is written."""
+    next read there). The reconstruction file's voxels are compressed while the lung and
+    candidate stages run (:func:`.files.reconstruction_ahead`). Raises on failure, and then
+    nothing is written."""
     from ChestCTMTLLib import volume_io
 
     from . import files
@@ -203,15 +205,27 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
         from ChestCTMTLLib.lobes_io import read_lobes
 
         lobe_masks = read_lobes(lobes, volume)
-    result = analyzer.apply(volume, progress=lambda f, stage: report(0.05 + 0.85 * f, stage),
-                            lobes=lobe_masks)
-    if analysed is not None:
-        analysed()
-    report(0.92, "writing")
-    case_dir = files.case_dir_for(output_dir, volume_io.case_name(input_path))
-    files.write_case(scene, volume, result, case_dir, mrb=mrb, input_path=str(input_path),
-                     preview=preview, extra_writer=extra_writer and (
-                         lambda folder: extra_writer(folder, volume, result)))
+    ahead: list = []
+
+    def reconstruction_ready(maps) -> None:
+        if not mrb:  # a bundle holds the reconstruction node instead of a streamed file
+            ahead.append(files.reconstruction_ahead(volume, maps))
+
+    try:
+        result = analyzer.apply(volume,
+                                progress=lambda f, stage: report(0.05 + 0.85 * f, stage),
+                                lobes=lobe_masks, reconstruction_ready=reconstruction_ready)
+        if analysed is not None:
+            analysed()
+        report(0.92, "writing")
+        case_dir = files.case_dir_for(output_dir, volume_io.case_name(input_path))
+        files.write_case(scene, volume, result, case_dir, mrb=mrb, input_path=str(input_path),
+                         preview=preview, extra_writer=extra_writer and (
+                             lambda folder: extra_writer(folder, volume, result)),
+                         reconstruction=ahead[0] if ahead else None)
+    finally:
+        for compressed in ahead:
+            compressed.close()
     report(1.0, "done")
     return case_dir, result
 

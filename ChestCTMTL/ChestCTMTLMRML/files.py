@@ -185,17 +185,34 @@ def _preview_in_background(result: AnalysisResult, path: Path,
     return _InBackground("chestctmtl-preview-png", preview_png.save_drawn_png, drawn, path)
 
 
-def _write_reconstruction(result: AnalysisResult, volume: CTVolume, path: Path) -> None:
-    """reconstruction.nrrd slab by slab from what the result holds (the network's maps are
-    mapped to HU one slab at a time: no CT-sized HU array, :mod:`ChestCTMTLLib.nrrd_file`)."""
-    source = result.reconstruction_source()
-    shape = volume.array.shape[:3]
+def _reconstruction_slabs(source, depth: int = nrrd_file.SLAB_DEPTH):
     if isinstance(source, np.ndarray):
-        slabs = nrrd_file.array_slabs(source)
-    else:
-        slabs = source.hu_slabs(nrrd_file.SLAB_DEPTH)
+        return nrrd_file.array_slabs(source, depth)
+    return source.hu_slabs(depth)
+
+
+def reconstruction_ahead(volume: CTVolume, source) -> nrrd_file.SlabsAhead:
+    """reconstruction.nrrd's voxels compressed from ``source`` (the result's
+    ``reconstruction_source()``, e.g. what ``Analyzer.apply`` hands ``reconstruction_ready``)
+    in a thread, while the analysis goes on; :func:`write_case` takes it as
+    ``reconstruction=``. The caller closes it."""
+    return nrrd_file.SlabsAhead(volume.array.shape[:3], volume.ijk_to_ras,
+                                _reconstruction_slabs(source, nrrd_file.AHEAD_SLAB_DEPTH), np.int16,
+                                source=source)
+
+
+def _write_reconstruction(result: AnalysisResult, volume: CTVolume, path: Path,
+                          ahead: Optional[nrrd_file.SlabsAhead] = None) -> None:
+    """reconstruction.nrrd slab by slab from what the result holds (the network's maps are
+    mapped to HU one slab at a time: no CT-sized HU array, :mod:`ChestCTMTLLib.nrrd_file`),
+    or from ``ahead`` when it was made from that."""
+    source = result.reconstruction_source()
     try:
-        nrrd_file.write_slabs(path, shape, volume.ijk_to_ras, slabs, np.int16)
+        if ahead is not None and ahead.source is source:
+            ahead.write(path)
+        else:
+            nrrd_file.write_slabs(path, volume.array.shape[:3], volume.ijk_to_ras,
+                                  _reconstruction_slabs(source), np.int16)
     except OSError as exc:
         raise CaseWriteError("could not write {}: {}".format(path.name, exc)) from exc
 
@@ -248,7 +265,8 @@ def _write_case_files(scene, volume: CTVolume, result: AnalysisResult, folder: P
 def write_case(scene, volume, result: AnalysisResult, case_dir: Union[str, Path],
                mrb: bool = False, input_path: Optional[str] = None,
                preview: bool = True,
-               extra_writer: Optional[Callable[[Path], object]] = None) -> Path:
+               extra_writer: Optional[Callable[[Path], object]] = None,
+               reconstruction: Optional[nrrd_file.SlabsAhead] = None) -> Path:
     """Write one case atomically to ``case_dir`` (which must not exist yet) and return it.
 
     ``volume`` is the analysed CTVolume or its volume node (copied, never modified; results
@@ -262,7 +280,9 @@ def write_case(scene, volume, result: AnalysisResult, case_dir: Union[str, Path]
     file names but keeps those), which must not happen to a user's nodes. ``preview`` adds
     preview.png (when matplotlib is available). ``extra_writer(folder)`` adds more files to the case
     (e.g. the DICOM objects) before the folder is renamed into place, so they share its
-    all-or-nothing fate.
+    all-or-nothing fate. ``reconstruction``: the reconstruction's voxels compressed ahead
+    (:func:`reconstruction_ahead`; used when made from this result's reconstruction, and left
+    to the caller to close).
     """
     case_dir = Path(case_dir)
     if not isinstance(volume, CTVolume):
@@ -279,7 +299,8 @@ def write_case(scene, volume, result: AnalysisResult, case_dir: Union[str, Path]
                 # compressed (GIL released) while the preview is drawn and the rest written
                 background.append(_InBackground("chestctmtl-reconstruction-nrrd",
                                                 _write_reconstruction, result, volume,
-                                                temporary / RECONSTRUCTION_FILE))
+                                                temporary / RECONSTRUCTION_FILE,
+                                                reconstruction))
             png = _preview_in_background(result, temporary / PREVIEW_FILE, case_dir.name) \
                 if preview else None
             if png is not None:
