@@ -451,3 +451,34 @@ def test_involvement_chart_known_answer(tmp_path, flat_ct):
     widths = sorted(round(p.get_width(), 3) for p in chart.patches if p.get_width() > 0)
     assert widths == sorted([5.0, 3.0, 2.0, 2.0, 1.2, 0.8, 2.0, 1.2, 0.8])
     assert [t.get_text() for t in chart.get_yticklabels()] == [r[0] for r in rows]  # top down
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 32])
+def test_lesion_area_per_slice_known_answer(chunk, monkeypatch):
+    """Voxels per canonical slice, a voxel two types share counted twice: the same from the
+    shared layer of type bits and from one array per type, in any chunking, and on a volume
+    stored sagittal (its canonical slices are not its first axis)."""
+    from ChestCTMTLLib.results import LesionMasks
+
+    shape = (7, 5, 6)
+    a = np.zeros(shape, bool)
+    b = np.zeros(shape, bool)
+    a[1, :2, :3] = True  # 6 voxels on slice 1
+    a[4, 0, 0] = True
+    b[4, 0, :2] = True  # one shared with a
+    b[6] = True  # 30 voxels
+    expected = np.array([0, 6, 0, 0, 3, 0, 30])
+    monkeypatch.setattr(preview._SliceMasks, "CHUNK", chunk)
+    identity = axial_view(np.eye(4), shape)
+    shared = LesionMasks.from_masks({"x": a, "y": b})
+    for masks in (shared, {"x": a, "y": b}):
+        got = preview._SliceMasks(masks, identity).area_per_slice(shape[0])
+        np.testing.assert_array_equal(got, expected)
+    # the same anatomy stored with the slice axis last
+    ijk_to_ras = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
+    stored = {name: np.ascontiguousarray(np.transpose(m, (1, 2, 0))) for name, m in
+              (("x", a), ("y", b))}
+    view = axial_view(ijk_to_ras, stored["x"].shape)
+    assert view.canonical_shape[0] == shape[0]
+    got = preview._SliceMasks(LesionMasks.from_masks(stored), view).area_per_slice(shape[0])
+    np.testing.assert_array_equal(np.sort(got), np.sort(expected))

@@ -223,12 +223,12 @@ class _SliceMasks:
             for mask in self._arrays.values():
                 area += mask.reshape(n_slices, -1).sum(axis=1, dtype=np.int64)
             return area
-        weight = np.zeros(256, np.int64)
-        for v in range(256):
-            weight[v] = sum(1 for bit in self._bits.values() if v & bit)
-        for k0 in range(0, n_slices, self.CHUNK):
-            chunk = self._labels[k0:k0 + self.CHUNK]
-            area[k0:k0 + len(chunk)] = weight[chunk].reshape(len(chunk), -1).sum(axis=1)
+        # per type bit, voxels counted in uint8 chunks (a lookup into int64 weights made
+        # CT-sized int64 temporaries: five times slower)
+        for bit in self._bits.values():
+            for k0 in range(0, n_slices, self.CHUNK):
+                on = np.bitwise_and(self._labels[k0:k0 + self.CHUNK], bit)  # a new array
+                area[k0:k0 + len(on)] += np.count_nonzero(on.reshape(len(on), -1), axis=1)
         return area
 
 
@@ -340,8 +340,9 @@ def _show_slice(axes, image: np.ndarray, aspect: float, crop) -> None:
     r0, r1, c0, c1 = crop
     axes.set_xlim(c0 - 0.5, c1 - 0.5)
     axes.set_ylim(r1 - 0.5, r0 - 0.5)  # row 0 (anterior) at the top
-    axes.set_xticks([])
-    axes.set_yticks([])
+    # no ticks: hidden axes draw none (set_xticks([]) makes and drops tick artists: slower)
+    axes.xaxis.set_visible(False)
+    axes.yaxis.set_visible(False)
     for spine in axes.spines.values():
         spine.set_visible(False)
 
