@@ -343,12 +343,13 @@ def test_the_reconstruction_is_compressed_while_the_lung_stages_run(
     from ChestCTMTLLib import inference, nrrd_file
     from ChestCTMTLMRML import batch
 
-    events, made = [], []
+    events, made, folders = [], [], []
     real_ahead, real_stage = files.reconstruction_ahead, inference.lesion_stage
 
-    def recording_ahead(volume, source):
+    def recording_ahead(volume, source, directory=None):
         events.append("reconstruction")
-        made.append(real_ahead(volume, source))
+        folders.append(directory)
+        made.append(real_ahead(volume, source, directory))
         return made[-1]
 
     def recording_stage(*args, **kwargs):
@@ -375,9 +376,16 @@ def test_the_reconstruction_is_compressed_while_the_lung_stages_run(
     with pytest.raises(OSError, match="disk full"):
         batch.analyze_one(small_nifti, tmp_path / "failed", analyzer)
     assert len(made) == 2 and made[1]._body.closed
+    # an output folder that exists holds the waiting voxels (an unnamed file: nothing to see)
+    (tmp_path / "exists").mkdir()
+    before = len(made)
+    batch.analyze_one(small_nifti, tmp_path / "exists", analyzer, preview=False)
+    assert len(made) == before + 1
+    assert folders[0] is None and folders[-1] == tmp_path / "exists"
+    assert [p.name for p in (tmp_path / "exists").iterdir()] == ["small"]
     assert not (tmp_path / "failed").exists() or list((tmp_path / "failed").iterdir()) == []
     monkeypatch.undo()
     monkeypatch.setattr(files, "reconstruction_ahead", recording_ahead)
     case, _ = batch.analyze_one(small_nifti, tmp_path / "bundle", analyzer, mrb=True,
                                 preview=False)
-    assert len(made) == 2 and (case / "small.mrb").is_file()
+    assert len(made) == before + 1 and (case / "small.mrb").is_file()

@@ -147,14 +147,18 @@ class SlabsAhead:
     """
 
     def __init__(self, shape_kji, ijk_to_ras, slabs: Iterable[Tuple[int, np.ndarray]],
-                 dtype=np.int16, compression_level: int = 1, source: object = None) -> None:
+                 dtype=np.int16, compression_level: int = 1, source: object = None,
+                 directory: Optional[Union[str, Path]] = None) -> None:
+        """``directory``: where the unnamed temporary file lives (default: the system's
+        temporary folder); the destination's folder keeps the bytes on the disk they go to."""
         self.dtype = np.dtype(dtype)
         self.shape = tuple(int(v) for v in shape_kji)
         self.ijk_to_ras = np.array(ijk_to_ras, dtype=np.float64).reshape(4, 4)
         #: what the voxels were made from (the caller's check that they are still the ones wanted)
         self.source = source
         header(self.shape, self.ijk_to_ras, self.dtype)  # an unknown dtype fails here, at once
-        self._body = tempfile.TemporaryFile(prefix="chestctmtl-slabs-")
+        self._body = tempfile.TemporaryFile(prefix=".chestctmtl-slabs-",
+                                            dir=None if directory is None else str(directory))
         self._stop = threading.Event()
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._compress, name="chestctmtl-slabs-ahead",

@@ -209,7 +209,10 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
 
     def reconstruction_ready(maps) -> None:
         if not mrb:  # a bundle holds the reconstruction node instead of a streamed file
-            ahead.append(files.reconstruction_ahead(volume, maps))
+            # the voxels wait on the disk they go to when the output folder exists already
+            folder = Path(output_dir)
+            ahead.append(files.reconstruction_ahead(volume, maps,
+                                                    folder if folder.is_dir() else None))
 
     try:
         result = analyzer.apply(volume,

@@ -191,14 +191,16 @@ def _reconstruction_slabs(source, depth: int = nrrd_file.SLAB_DEPTH):
     return source.hu_slabs(depth)
 
 
-def reconstruction_ahead(volume: CTVolume, source) -> nrrd_file.SlabsAhead:
+def reconstruction_ahead(volume: CTVolume, source,
+                         directory: Optional[Union[str, Path]] = None) -> nrrd_file.SlabsAhead:
     """reconstruction.nrrd's voxels compressed from ``source`` (the result's
     ``reconstruction_source()``, e.g. what ``Analyzer.apply`` hands ``reconstruction_ready``)
     in a thread, while the analysis goes on; :func:`write_case` takes it as
-    ``reconstruction=``. The caller closes it."""
+    ``reconstruction=``. The caller closes it. ``directory``: where the compressed voxels wait
+    (an unnamed file; default the system's temporary folder)."""
     return nrrd_file.SlabsAhead(volume.array.shape[:3], volume.ijk_to_ras,
                                 _reconstruction_slabs(source, nrrd_file.AHEAD_SLAB_DEPTH), np.int16,
-                                source=source)
+                                source=source, directory=directory)
 
 
 def _write_reconstruction(result: AnalysisResult, volume: CTVolume, path: Path,
