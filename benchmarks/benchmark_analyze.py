@@ -206,18 +206,31 @@ def child_stages(case: str, model_dir: str, device: str) -> None:
     analyzer = inference.Analyzer(model_dir, AnalysisOptions(device=device, precision=PRECISION,
                                                              runtime=RUNTIME))
     t3 = t = step("Analyzer (model load)", t)
-    result = analyzer.apply(volume)
+    ahead, clock = [], _StageClock()
+    if files is not None:  # as the batch does: reconstruction.nrrd compressed beside the lungs
+        from ChestCTMTLLib import nrrd_file
+
+        clock.wrap(nrrd_file.SlabsAhead, "_compress",
+                   "write: %s voxels (compressed ahead, in its own thread beside the lung "
+                   "stages)" % files.RECONSTRUCTION_FILE)
+    try:
+        result = analyzer.apply(volume, reconstruction_ready=None if files is None else (
+            lambda maps: ahead.append(files.reconstruction_ahead(volume, maps))))
+    except BaseException:
+        for compressed in ahead:
+            compressed.close()
+        raise
     t4 = time.perf_counter()
     table += [["analysis: " + k, round(v, 3)] for k, v in result.timings_s.items()
               if k != "total"]
     t = step("analysis (Analyzer.apply)", t)
     written = None
     if files is not None:
-        clock = _StageClock()
         clock.wrap(nodes, "create_result_nodes", "write: result nodes")
         clock.wrap(files, "_write_segmentation", lambda node, path: "write: " + Path(path).name)
         clock.wrap(files, "_write_reconstruction",  # a thread beside the other writes
-                   "write: %s (in its own thread)" % files.RECONSTRUCTION_FILE)
+                   "write: %s (waits for those voxels, in its own thread)"
+                   % files.RECONSTRUCTION_FILE)
         clock.wrap(files, "write_markups_file", "write: " + files.MARKUPS_FILE)
         clock.wrap(files, "write_findings_tsv", "write: " + files.FINDINGS_FILE)
         clock.wrap(files, "_write_json", lambda data, path: "write: " + Path(path).name)
@@ -225,8 +238,12 @@ def child_stages(case: str, model_dir: str, device: str) -> None:
         clock.wrap(files.preview_png, "save_drawn_png",  # a thread beside the NRRD writes
                    "write: %s (encode, in its own thread)" % files.PREVIEW_FILE)
         with tempfile.TemporaryDirectory(prefix="chestctmtl-bench-case-") as out:
-            files.write_case(None, volume, result, Path(out) / "case",
-                             input_path=str(case))
+            try:
+                files.write_case(None, volume, result, Path(out) / "case",
+                                 input_path=str(case), reconstruction=ahead[0] if ahead else None)
+            finally:
+                for compressed in ahead:
+                    compressed.close()
             written = time.perf_counter() - t
         table += [row for row in clock.rows if row[0] is not None]
         t = step("write_case (all files)", t)
