@@ -385,6 +385,15 @@ def test_the_reconstruction_is_compressed_while_the_lung_stages_run(
     assert [p.name for p in (tmp_path / "exists").iterdir()] == ["small"]
     assert not (tmp_path / "failed").exists() or list((tmp_path / "failed").iterdir()) == []
     monkeypatch.undo()
+
+    def no_room(*args, **kwargs):
+        raise OSError("no space left for the temporary file")
+
+    # no room to compress ahead: the case is still written, with the same file
+    monkeypatch.setattr(nrrd_file.tempfile, "TemporaryFile", no_room)
+    case, _ = batch.analyze_one(small_nifti, tmp_path / "no-room", analyzer, preview=False)
+    assert (case / files.RECONSTRUCTION_FILE).read_bytes() == direct.read_bytes()
+    monkeypatch.undo()
     monkeypatch.setattr(files, "reconstruction_ahead", recording_ahead)
     case, _ = batch.analyze_one(small_nifti, tmp_path / "bundle", analyzer, mrb=True,
                                 preview=False)

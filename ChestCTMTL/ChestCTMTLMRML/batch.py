@@ -211,8 +211,11 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
         if not mrb:  # a bundle holds the reconstruction node instead of a streamed file
             # the voxels wait on the disk they go to when the output folder exists already
             folder = Path(output_dir)
-            ahead.append(files.reconstruction_ahead(volume, maps,
-                                                    folder if folder.is_dir() else None))
+            try:
+                ahead.append(files.reconstruction_ahead(volume, maps,
+                                                        folder if folder.is_dir() else None))
+            except OSError as exc:  # no room for it: the file is written after the analysis
+                _LOG.warning("reconstruction not compressed ahead (%s)", exc)
 
     try:
         result = analyzer.apply(volume,
