@@ -206,20 +206,16 @@ def child_stages(case: str, model_dir: str, device: str) -> None:
     analyzer = inference.Analyzer(model_dir, AnalysisOptions(device=device, precision=PRECISION,
                                                              runtime=RUNTIME))
     t3 = t = step("Analyzer (model load)", t)
-    ahead, clock = [], _StageClock()
+    clock = _StageClock()
     if files is not None:  # as the batch does: reconstruction.nrrd compressed beside the lungs
         from ChestCTMTLLib import nrrd_file
 
         clock.wrap(nrrd_file.SlabsAhead, "_compress",
                    "write: %s voxels (compressed ahead, in its own thread beside the lung "
                    "stages)" % files.RECONSTRUCTION_FILE)
-    try:
-        result = analyzer.apply(volume, reconstruction_ready=None if files is None else (
-            lambda maps: ahead.append(files.reconstruction_ahead(volume, maps))))
-    except BaseException:
-        for compressed in ahead:
-            compressed.close()
-        raise
+    scratch = tempfile.TemporaryDirectory(prefix="chestctmtl-bench-case-")
+    ahead = files.ReconstructionAhead(volume, scratch.name) if files is not None else None
+    result = analyzer.apply(volume, reconstruction_ready=ahead)
     t4 = time.perf_counter()
     table += [["analysis: " + k, round(v, 3)] for k, v in result.timings_s.items()
               if k != "total"]
@@ -237,13 +233,9 @@ def child_stages(case: str, model_dir: str, device: str) -> None:
         clock.wrap(files.preview_png, "draw_preview", "write: %s (draw)" % files.PREVIEW_FILE)
         clock.wrap(files.preview_png, "save_drawn_png",  # a thread beside the NRRD writes
                    "write: %s (encode, in its own thread)" % files.PREVIEW_FILE)
-        with tempfile.TemporaryDirectory(prefix="chestctmtl-bench-case-") as out:
-            try:
-                files.write_case(None, volume, result, Path(out) / "case",
-                                 input_path=str(case), reconstruction=ahead[0] if ahead else None)
-            finally:
-                for compressed in ahead:
-                    compressed.close()
+        with scratch as out, ahead:
+            files.write_case(None, volume, result, Path(out) / "case", input_path=str(case),
+                             reconstruction=ahead.compressed)
             written = time.perf_counter() - t
         table += [row for row in clock.rows if row[0] is not None]
         t = step("write_case (all files)", t)

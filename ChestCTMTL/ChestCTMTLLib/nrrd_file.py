@@ -75,9 +75,15 @@ def array_slabs(array: np.ndarray, depth: int = SLAB_DEPTH):
     return ((k0, array[k0:k0 + depth]) for k0 in range(0, array.shape[0], depth))
 
 
-def _compress_slabs(packed, shape, dtype, slabs: Iterable[Tuple[int, np.ndarray]],
-                    stop: Optional[threading.Event] = None) -> None:
-    """Each slab, checked to continue the volume, into the gzip stream ``packed``."""
+def _gzip_slabs(raw, shape, dtype, slabs: Iterable[Tuple[int, np.ndarray]], level: int,
+                stop: Optional[threading.Event] = None) -> None:
+    """Each slab, checked to continue the volume, into one gzip stream written to ``raw``."""
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=int(level),
+                       mtime=0) as packed:
+        _compress_slabs(packed, shape, dtype, slabs, stop)
+
+
+def _compress_slabs(packed, shape, dtype, slabs, stop) -> None:
     expected = 0
     for k0, slab in slabs:
         if stop is not None and stop.is_set():
@@ -121,9 +127,7 @@ def write_slabs(path: Union[str, Path], shape_kji, ijk_to_ras,
 
     def fill(raw) -> None:
         raw.write(header(shape, ijk_to_ras, dtype))
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                           compresslevel=int(compression_level), mtime=0) as packed:
-            _compress_slabs(packed, shape, dtype, slabs)
+        _gzip_slabs(raw, shape, dtype, slabs, compression_level)
 
     _atomic_write(Path(path), fill)
 
@@ -151,25 +155,22 @@ class SlabsAhead:
                  directory: Optional[Union[str, Path]] = None) -> None:
         """``directory``: where the unnamed temporary file lives (default: the system's
         temporary folder); the destination's folder keeps the bytes on the disk they go to."""
-        self.dtype = np.dtype(dtype)
-        self.shape = tuple(int(v) for v in shape_kji)
-        self.ijk_to_ras = np.array(ijk_to_ras, dtype=np.float64).reshape(4, 4)
+        dtype = np.dtype(dtype)
+        shape = tuple(int(v) for v in shape_kji)
+        self._header = header(shape, ijk_to_ras, dtype)  # an unknown dtype fails here, at once
         #: what the voxels were made from (the caller's check that they are still the ones wanted)
         self.source = source
-        header(self.shape, self.ijk_to_ras, self.dtype)  # an unknown dtype fails here, at once
         self._body = tempfile.TemporaryFile(prefix=".chestctmtl-slabs-",
                                             dir=None if directory is None else str(directory))
         self._stop = threading.Event()
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._compress, name="chestctmtl-slabs-ahead",
-                                        args=(slabs, int(compression_level)))
+                                        args=(slabs, shape, dtype, int(compression_level)))
         self._thread.start()
 
-    def _compress(self, slabs, level: int) -> None:
+    def _compress(self, slabs, shape, dtype, level: int) -> None:
         try:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=self._body, compresslevel=level,
-                               mtime=0) as packed:
-                _compress_slabs(packed, self.shape, self.dtype, slabs, self._stop)
+            _gzip_slabs(self._body, shape, dtype, slabs, level, self._stop)
         except BaseException as exc:  # noqa: BLE001 - raised again by write()
             self._error = exc
 
@@ -183,7 +184,7 @@ class SlabsAhead:
             raise ValueError("this compression was closed")
 
         def fill(raw) -> None:
-            raw.write(header(self.shape, self.ijk_to_ras, self.dtype))
+            raw.write(self._header)
             self._body.seek(0)
             shutil.copyfileobj(self._body, raw, 1 << 22)
 

@@ -205,22 +205,11 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
         from ChestCTMTLLib.lobes_io import read_lobes
 
         lobe_masks = read_lobes(lobes, volume)
-    ahead: list = []
-
-    def reconstruction_ready(maps) -> None:
-        if not mrb:  # a bundle holds the reconstruction node instead of a streamed file
-            # the voxels wait on the disk they go to when the output folder exists already
-            folder = Path(output_dir)
-            try:
-                ahead.append(files.reconstruction_ahead(volume, maps,
-                                                        folder if folder.is_dir() else None))
-            except OSError as exc:  # no room for it: the file is written after the analysis
-                _LOG.warning("reconstruction not compressed ahead (%s)", exc)
-
-    try:
+    # a bundle holds the reconstruction node instead of a streamed file
+    with files.ReconstructionAhead(volume, output_dir, enabled=not mrb) as ahead:
         result = analyzer.apply(volume,
                                 progress=lambda f, stage: report(0.05 + 0.85 * f, stage),
-                                lobes=lobe_masks, reconstruction_ready=reconstruction_ready)
+                                lobes=lobe_masks, reconstruction_ready=ahead)
         if analysed is not None:
             analysed()
         report(0.92, "writing")
@@ -228,10 +217,7 @@ def analyze_one(input_path, output_dir, analyzer, mrb: bool = False, scene=None,
         files.write_case(scene, volume, result, case_dir, mrb=mrb, input_path=str(input_path),
                          preview=preview, extra_writer=extra_writer and (
                              lambda folder: extra_writer(folder, volume, result)),
-                         reconstruction=ahead[0] if ahead else None)
-    finally:
-        for compressed in ahead:
-            compressed.close()
+                         reconstruction=ahead.compressed)
     report(1.0, "done")
     return case_dir, result
 

@@ -203,6 +203,36 @@ def reconstruction_ahead(volume: CTVolume, source,
                                 source=source, directory=directory)
 
 
+class ReconstructionAhead:
+    """``Analyzer.apply``'s ``reconstruction_ready`` hook for a case about to be written: it
+    starts the reconstruction's voxels (:func:`reconstruction_ahead`) in ``output_dir`` when
+    that exists, else in the system's temporary folder; :attr:`compressed` then goes to
+    :func:`write_case` as ``reconstruction=``. A context manager: leaving it closes them.
+    ``enabled=False`` (a bundle, which holds the reconstruction node instead) starts nothing;
+    no room for the temporary file is not a failure: the file is written after the analysis."""
+
+    def __init__(self, volume: CTVolume, output_dir: Union[str, Path],
+                 enabled: bool = True) -> None:
+        self.volume, self.output_dir, self.enabled = volume, Path(output_dir), enabled
+        self.compressed: Optional[nrrd_file.SlabsAhead] = None
+
+    def __call__(self, maps) -> None:
+        if not self.enabled or self.compressed is not None:
+            return
+        folder = self.output_dir if self.output_dir.is_dir() else None
+        try:
+            self.compressed = reconstruction_ahead(self.volume, maps, folder)
+        except OSError as exc:
+            _LOG.warning("reconstruction not compressed ahead (%s)", exc)
+
+    def __enter__(self) -> "ReconstructionAhead":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.compressed is not None:
+            self.compressed.close()
+
+
 def _write_reconstruction(result: AnalysisResult, volume: CTVolume, path: Path,
                           ahead: Optional[nrrd_file.SlabsAhead] = None) -> None:
     """reconstruction.nrrd slab by slab from what the result holds (the network's maps are
